@@ -1,0 +1,1 @@
+"""MMEngine glue: optimizer constructor, hooks, safe checkpoint loading, runner helpers."""

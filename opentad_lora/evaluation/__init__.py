@@ -1,0 +1,1 @@
+"""Registered metrics, one subpackage per model family; pure maths in ``functional`` modules."""

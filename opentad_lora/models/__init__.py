@@ -1,0 +1,1 @@
+"""Registered models. Each model family is a subpackage; importing this package registers all of them."""

@@ -1,0 +1,140 @@
+"""``LoRAConfig``: every LoRA/QLoRA option, buildable from a plain config dict."""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+
+from .targets import compile_pattern
+
+_DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'float16': torch.float16, 'fp16': torch.float16,
+           'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
+INIT_METHODS = ('zero_b', 'gaussian')
+
+
+def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    """Turn ``'bf16'``/``'bfloat16'``/``torch.bfloat16`` (or None) into a ``torch.dtype`` (or None)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).replace('torch.', '') in _DTYPES:
+        return _DTYPES[str(dtype).replace('torch.', '')]
+    raise ValueError(f'Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}.')
+
+
+@dataclass
+class LoRAConfig:
+    """Where LoRA goes and how it is built.
+
+    Args:
+        r: Rank of the update ``B @ A``.
+        alpha: Scaling numerator: the update is multiplied by ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA).
+        dropout: Dropout probability applied to the LoRA input only (the base path never sees it).
+        targets: Module-name patterns to wrap (see :mod:`opentad_lora.peft.targets`). An entry may also be
+            ``dict(pattern=..., r=..., alpha=...)``, which adds the pattern and its own rank/alpha.
+        exclude: Patterns of modules never to wrap, even when a target selects them.
+        use_rslora: Scale by ``alpha / sqrt(r)`` (rank-stabilised LoRA).
+        quantize_bits: ``None`` (float base), ``4`` (bitsandbytes ``Linear4bit``) or ``8`` (``Linear8bitLt``).
+            Only ``nn.Linear`` bases are quantized; targeted convolutions stay in float.
+        quant_type: ``'nf4'`` or ``'fp4'`` for 4-bit bases.
+        double_quant: Quantize the 4-bit absmax constants too (QLoRA's double quantization).
+        compute_dtype: dtype of the 4-bit matmul and of the LoRA weights of quantized layers; None keeps float32.
+        rank_pattern: ``{pattern: r}`` overrides; the first matching pattern wins.
+        alpha_pattern: ``{pattern: alpha}`` overrides; the first matching pattern wins.
+        modules_to_save: Patterns of modules trained in full and saved with the adapter (e.g. a new head).
+        init: ``'zero_b'`` (PEFT default: A kaiming-uniform, B zeros) or ``'gaussian'`` (A normal(0, 1/r)).
+        base_model_name_or_path: Recorded in ``adapter_config.json`` so the adapter names its base.
+    """
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    targets: List[Union[str, Dict[str, Any]]] = field(default_factory=list)
+    exclude: List[str] = field(default_factory=list)
+    use_rslora: bool = False
+    quantize_bits: Optional[int] = None
+    quant_type: str = 'nf4'
+    double_quant: bool = True
+    compute_dtype: Union[None, str, torch.dtype] = None
+    rank_pattern: Dict[str, int] = field(default_factory=dict)
+    alpha_pattern: Dict[str, float] = field(default_factory=dict)
+    modules_to_save: List[str] = field(default_factory=list)
+    init: str = 'zero_b'
+    base_model_name_or_path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.targets = list(self.targets)
+        self.rank_pattern = dict(self.rank_pattern)
+        self.alpha_pattern = dict(self.alpha_pattern)
+        flat = []
+        for target in self.targets:
+            if isinstance(target, Mapping):
+                target = dict(target)
+                pattern = target.pop('pattern', None)
+                if pattern is None:
+                    raise ValueError(f'A dict target needs a "pattern" key, got {target!r}.')
+                if 'r' in target:
+                    self.rank_pattern.setdefault(pattern, target.pop('r'))
+                if 'alpha' in target:
+                    self.alpha_pattern.setdefault(pattern, target.pop('alpha'))
+                if target:
+                    raise ValueError(f'Unknown keys {sorted(target)} in target {pattern!r}; allowed: r, alpha.')
+                flat.append(pattern)
+            else:
+                flat.append(target)
+        self.targets = flat
+        self.validate()
+
+    @classmethod
+    def build(cls, cfg: Union['LoRAConfig', Mapping[str, Any]]) -> 'LoRAConfig':
+        """Build from a ``LoRAConfig`` or a config dict (a ``type`` key, if present, is ignored).
+
+        Raises:
+            ValueError: if the dict has keys that are not fields, naming them.
+        """
+        if isinstance(cls, type) and isinstance(cfg, cls):
+            return cfg
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f'A LoRA config must be a LoRAConfig or a dict, got {type(cfg).__name__}.')
+        cfg = {k: v for k, v in dict(cfg).items() if k != 'type'}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f'Unknown LoRA config keys {unknown}; allowed keys: {sorted(known)}.')
+        return cls(**cfg)
+
+    def validate(self) -> None:
+        """Check every value; raise ``ValueError`` naming the bad one."""
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            raise ValueError(f'LoRA rank r must be a positive integer, got {self.r!r}.')
+        if not self.alpha > 0:
+            raise ValueError(f'LoRA alpha must be > 0, got {self.alpha!r}.')
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f'LoRA dropout must be in [0, 1), got {self.dropout!r}.')
+        if not self.targets:
+            raise ValueError('LoRA config has no targets: give module-name patterns, e.g. targets=["qkv", "proj"].')
+        if self.quantize_bits not in (None, 4, 8):
+            raise ValueError(f'quantize_bits must be None, 4 or 8, got {self.quantize_bits!r}.')
+        if self.quant_type not in ('nf4', 'fp4'):
+            raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}.")
+        if self.init not in INIT_METHODS:
+            raise ValueError(f'init must be one of {INIT_METHODS}, got {self.init!r}.')
+        resolve_dtype(self.compute_dtype)
+        for pattern in [*self.targets, *self.exclude, *self.rank_pattern, *self.alpha_pattern, *self.modules_to_save]:
+            compile_pattern(pattern)
+        for pattern, rank in self.rank_pattern.items():
+            if not isinstance(rank, int) or rank <= 0:
+                raise ValueError(f'rank_pattern[{pattern!r}] must be a positive integer, got {rank!r}.')
+        for pattern, alpha in self.alpha_pattern.items():
+            if not alpha > 0:
+                raise ValueError(f'alpha_pattern[{pattern!r}] must be > 0, got {alpha!r}.')
+
+    @property
+    def torch_compute_dtype(self) -> Optional[torch.dtype]:
+        return resolve_dtype(self.compute_dtype)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A plain dict that ``LoRAConfig.build`` turns back into an equal config."""
+        out = dataclasses.asdict(self)
+        if isinstance(out['compute_dtype'], torch.dtype):
+            out['compute_dtype'] = str(out['compute_dtype']).replace('torch.', '')
+        return out

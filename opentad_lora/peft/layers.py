@@ -1,0 +1,237 @@
+"""LoRA layers: a frozen base layer plus named low-rank adapters that can be switched, merged and unmerged.
+
+The parameter names follow PEFT (``<module>.base_layer.weight``, ``<module>.lora_A.<adapter>.weight``), so the
+adapter files and the maths are interchangeable with PEFT's.
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as LF
+from .quant import dequantize_weight, is_quantized, requantize_like
+
+_CONV_TYPES = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+class LoRALayer(nn.Module):
+    """Base of every LoRA layer: bookkeeping of named adapters around ``base_layer``.
+
+    Subclasses build the ``(A, B)`` pair, compute the dense weight update and run the forward pass.
+
+    Args:
+        base_layer: The layer to adapt; it is kept frozen.
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.r: Dict[str, int] = {}
+        self.lora_alpha: Dict[str, float] = {}
+        self.scaling: Dict[str, float] = {}
+        self.dropout_p: Dict[str, float] = {}
+        self.use_rslora: Dict[str, bool] = {}
+        self.active_adapter: Optional[str] = None
+        self.merged_adapters: List[str] = []
+        self.adapters_disabled = False
+
+    # -- construction ------------------------------------------------------------------------------------------
+    def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def update_layer(self, adapter_name: str, r: int, alpha: float, dropout: float = 0.0,
+                     use_rslora: bool = False, init: str = 'zero_b', dtype: Optional[torch.dtype] = None) -> None:
+        """Add (or replace) the adapter ``adapter_name``; the first adapter of a layer becomes the active one."""
+        lora_a, lora_b = self._make_pair(r)
+        ref = self._reference_weight()
+        if dtype is None:
+            dtype = ref.dtype if ref.is_floating_point() else torch.float32
+        self.lora_A[adapter_name] = lora_a.to(device=ref.device, dtype=dtype)
+        self.lora_B[adapter_name] = lora_b.to(device=ref.device, dtype=dtype)
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = alpha
+        self.use_rslora[adapter_name] = use_rslora
+        self.scaling[adapter_name] = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.dropout_p[adapter_name] = float(dropout)
+        self.reset_lora_parameters(adapter_name, init)
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+        self._sync_requires_grad()
+
+    def reset_lora_parameters(self, adapter_name: str, init: str = 'zero_b') -> None:
+        """PEFT's init: A kaiming-uniform(a=sqrt(5)) (or normal(0, 1/r) for ``'gaussian'``), B zeros."""
+        weight_a = self.lora_A[adapter_name].weight
+        if init == 'gaussian':
+            nn.init.normal_(weight_a, std=1.0 / self.r[adapter_name])
+        else:
+            nn.init.kaiming_uniform_(weight_a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B[adapter_name].weight)
+
+    def _reference_weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    # -- adapters ----------------------------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> List[str]:
+        return list(self.lora_A.keys())
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the one used in forward and the only one that trains."""
+        if adapter_name not in self.lora_A:
+            raise KeyError(f'Adapter {adapter_name!r} does not exist; this layer has {self.adapter_names}.')
+        if self.merged and self.active_adapter != adapter_name:
+            self.unmerge()
+        self.active_adapter = adapter_name
+        self._sync_requires_grad()
+
+    def _sync_requires_grad(self) -> None:
+        for name in self.lora_A:
+            trainable = name == self.active_adapter
+            self.lora_A[name].requires_grad_(trainable)
+            self.lora_B[name].requires_grad_(trainable)
+
+    # -- weights -----------------------------------------------------------------------------------------------
+    def delta_weight(self, adapter_name: str) -> Tensor:
+        """The dense update ``scaling * B @ A`` in the shape of the base weight, float32."""
+        raise NotImplementedError
+
+    def base_weight(self) -> Tensor:
+        """The float weight the base layer computes with (dequantized for bitsandbytes bases)."""
+        return dequantize_weight(self.base_layer) if is_quantized(self.base_layer) else self.base_layer.weight
+
+    def _add_to_base(self, delta: Tensor) -> None:
+        if is_quantized(self.base_layer):
+            new_weight = dequantize_weight(self.base_layer) + delta.to(self.base_layer.weight.device)
+            self.base_layer = requantize_like(self.base_layer, new_weight)
+        else:
+            weight = self.base_layer.weight
+            weight.data = (weight.data.float() + delta.to(weight.device)).to(weight.dtype)
+
+    def merge(self, adapter_names: Optional[Sequence[str]] = None) -> None:
+        """Fold adapters into the base weight (``W += scaling * B @ A``); default: the active adapter.
+
+        For a quantized base the weight is dequantized, updated and quantized again, which adds rounding error.
+        """
+        for name in adapter_names or [self.active_adapter]:
+            if name in self.merged_adapters:
+                continue
+            if name not in self.lora_A:
+                raise KeyError(f'Adapter {name!r} does not exist; this layer has {self.adapter_names}.')
+            with torch.no_grad():
+                self._add_to_base(self.delta_weight(name))
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Undo every merge (exact for float bases; within quantization error for quantized ones)."""
+        with torch.no_grad():
+            while self.merged_adapters:
+                self._add_to_base(-self.delta_weight(self.merged_adapters.pop()))
+
+    def _use_lora(self) -> bool:
+        if self.adapters_disabled:
+            if self.merged:
+                self.unmerge()
+            return False
+        return not self.merged and self.active_adapter is not None
+
+    # -- passthrough of the base layer's public attributes -----------------------------------------------------
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        return self.base_layer.bias
+
+    def extra_repr(self) -> str:
+        adapters = ', '.join(f'{n}: r={self.r[n]}, alpha={self.lora_alpha[n]}' for n in self.adapter_names)
+        return f'adapters=[{adapters}], active={self.active_adapter!r}, merged={self.merged_adapters}'
+
+
+class LoRALinear(LoRALayer):
+    """LoRA around ``nn.Linear`` or a bitsandbytes ``Linear4bit``/``Linear8bitLt``.
+
+    ``y = base(x) + dropout(x) @ A.T @ B.T * scaling``, the LoRA path in the adapter's dtype.
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+
+    def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
+        return nn.Linear(self.in_features, r, bias=False), nn.Linear(r, self.out_features, bias=False)
+
+    def _reference_weight(self) -> Tensor:
+        weight = self.base_layer.weight
+        if is_quantized(self.base_layer):
+            compute = getattr(self.base_layer, 'compute_dtype', None)
+            return torch.empty(0, device=weight.device, dtype=compute or torch.float32)
+        return weight
+
+    def delta_weight(self, adapter_name: str) -> Tensor:
+        return LF.linear_delta_weight(self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight,
+                                      self.scaling[adapter_name])
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        if not self._use_lora():
+            return result
+        name = self.active_adapter
+        return LF.lora_linear(x, result, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
+                              self.dropout_p[name], self.training)
+
+
+class LoRAConv(LoRALayer):
+    """LoRA around ``nn.Conv1d/2d/3d``: A is a conv with the base kernel, stride, padding and dilation, B a 1x1 conv.
+
+    Grouped convolutions are not supported (the dense update would not be low-rank per group).
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        if type(base_layer) not in _CONV_TYPES:
+            raise TypeError(f'LoRAConv wraps Conv1d/2d/3d, got {type(base_layer).__name__}.')
+        if base_layer.groups != 1:
+            raise ValueError(f'LoRA on a grouped convolution (groups={base_layer.groups}) is not supported.')
+        super().__init__(base_layer)
+        self.in_channels = base_layer.in_channels
+        self.out_channels = base_layer.out_channels
+
+    def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
+        base = self.base_layer
+        conv = type(base)
+        lora_a = conv(base.in_channels, r, base.kernel_size, stride=base.stride, padding=base.padding,
+                      dilation=base.dilation, bias=False, padding_mode=base.padding_mode)
+        lora_b = conv(r, base.out_channels, 1, bias=False)
+        return lora_a, lora_b
+
+    def delta_weight(self, adapter_name: str) -> Tensor:
+        return LF.conv_delta_weight(self.lora_A[adapter_name].weight.float(),
+                                    self.lora_B[adapter_name].weight.float(), self.scaling[adapter_name])
+
+    def forward(self, x: Tensor) -> Tensor:
+        result = self.base_layer(x)
+        if not self._use_lora():
+            return result
+        name = self.active_adapter
+        lora_in = x.to(self.lora_A[name].weight.dtype)
+        if self.dropout_p[name] > 0.0 and self.training:
+            lora_in = nn.functional.dropout(lora_in, self.dropout_p[name], training=True)
+        delta = self.lora_B[name](self.lora_A[name](lora_in)) * self.scaling[name]
+        return result + delta.to(result.dtype)
+
+
+def lora_layer_class(module: nn.Module) -> Optional[type]:
+    """The LoRA class that can wrap ``module``, or None if its type is not supported."""
+    if type(module) in _CONV_TYPES:
+        return LoRAConv
+    if isinstance(module, nn.Linear):  # bitsandbytes layers subclass nn.Linear
+        return LoRALinear
+    return None

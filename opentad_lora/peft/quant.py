@@ -1,0 +1,97 @@
+"""QLoRA bases: swap a frozen ``nn.Linear`` for a bitsandbytes 4-bit or 8-bit layer, and back.
+
+bitsandbytes quantizes a ``Params4bit``/``Int8Params`` when it is moved to a device; both layers run on CPU with
+bitsandbytes >= 0.45, so QLoRA is tested without a GPU. The import is lazy: a float-only user never loads bnb.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+def require_bitsandbytes():
+    """Import bitsandbytes or raise an ImportError that says how to install it."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as err:  # pragma: no cover - bitsandbytes is a runtime requirement
+        raise ImportError('QLoRA (quantize_bits=4|8) needs bitsandbytes>=0.45: pip install bitsandbytes') from err
+    return bnb
+
+
+def is_quantized(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a bitsandbytes 4-bit or 8-bit linear layer (without importing bitsandbytes)."""
+    return type(layer).__module__.startswith('bitsandbytes') and hasattr(layer, 'weight')
+
+
+def quantized_bits(layer: nn.Module) -> Optional[int]:
+    """4 or 8 for a bitsandbytes layer, None for anything else."""
+    if not is_quantized(layer):
+        return None
+    return 4 if type(layer).__name__.startswith('Linear4bit') else 8
+
+
+def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', double_quant: bool = True,
+                    compute_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Return a frozen bitsandbytes copy of ``linear`` holding its weights quantized.
+
+    Args:
+        linear: The float layer; it is not modified.
+        bits: 4 (``Linear4bit``) or 8 (``Linear8bitLt``, inference-style int8 weights).
+        quant_type: ``'nf4'`` or ``'fp4'`` (4-bit only).
+        double_quant: Quantize the absmax statistics too (4-bit only).
+        compute_dtype: dtype of the 4-bit matmul; None uses the input's dtype.
+    """
+    bnb = require_bitsandbytes()
+    device = linear.weight.device
+    weight = linear.weight.data.detach().to('cpu', torch.float32).contiguous()
+    has_bias = linear.bias is not None
+    if bits == 4:
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
+                                  compute_dtype=compute_dtype, compress_statistics=double_quant,
+                                  quant_type=quant_type, device='cpu')
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
+                                         compress_statistics=double_quant, module=layer)
+    elif bits == 8:
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
+                                    has_fp16_weights=False, device='cpu')
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    else:
+        raise ValueError(f'quantize_bits must be 4 or 8, got {bits!r}.')
+    if has_bias:
+        layer.bias = nn.Parameter(linear.bias.data.detach().to('cpu', torch.float32).clone(), requires_grad=False)
+    layer = layer.to('cpu')  # quantizes
+    return layer if device.type == 'cpu' else layer.to(device)
+
+
+def dequantize_weight(layer: nn.Module) -> Tensor:
+    """The float32 weight a bitsandbytes layer computes with (exactly what its forward uses)."""
+    bnb = require_bitsandbytes()
+    bits = quantized_bits(layer)
+    if bits == 4:
+        weight = layer.weight
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+    if bits == 8:
+        scb = layer.weight.SCB if getattr(layer.weight, 'SCB', None) is not None else layer.state.SCB
+        return layer.weight.data.float() * scb.float().unsqueeze(1) / 127.0
+    raise TypeError(f'{type(layer).__name__} is not a bitsandbytes quantized layer.')
+
+
+def dequantize_linear(layer: nn.Module) -> nn.Linear:
+    """A float32 ``nn.Linear`` with the dequantized weight (and bias) of a bitsandbytes layer."""
+    weight = dequantize_weight(layer)
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None, device=weight.device)
+    out.weight.data.copy_(weight)
+    if layer.bias is not None:
+        out.bias.data.copy_(layer.bias.data.float())
+    return out.requires_grad_(False)
+
+
+def requantize_like(layer: nn.Module, weight: Tensor) -> nn.Module:
+    """A new bitsandbytes layer of the same kind and options as ``layer`` holding ``weight``."""
+    float_layer = dequantize_linear(layer)
+    float_layer.weight.data.copy_(weight)
+    bits = quantized_bits(layer)
+    if bits == 4:
+        return quantize_linear(float_layer, 4, layer.weight.quant_type, layer.weight.compress_statistics,
+                               layer.compute_dtype)
+    return quantize_linear(float_layer, 8)

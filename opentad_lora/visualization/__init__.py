@@ -1,0 +1,1 @@
+"""Plots and renders written as PNG files."""
