@@ -18,7 +18,7 @@ def get_lora_info(model: nn.Module) -> Dict[str, Any]:
     rows = []
     for name, layer in iter_lora_layers(model):
         adapter = layer.active_adapter
-        if adapter is None:
+        if adapter not in layer.lora_A:
             continue
         rows.append(dict(
             name=name, base_type=type(layer.base_layer).__name__,

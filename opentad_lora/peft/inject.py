@@ -140,6 +140,7 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
     cfg = LoRAConfig.build(cfg)
     plan, save_names = _plan(model, cfg)
     report = LoRAReport(adapter_name=adapter_name)
+    active = next((layer.active_adapter for _, layer in iter_lora_layers(model)), None)
     compute_dtype = cfg.torch_compute_dtype
     for name, module, rank, alpha in plan:
         if not isinstance(module, LoRALayer):
@@ -154,8 +155,8 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
                                     quantize_bits=cfg.quantize_bits if is_quantized(module.base_layer) else None)
     for param in model.parameters():
         param.requires_grad_(False)
-    for _, layer in iter_lora_layers(model):
-        layer._sync_requires_grad()
+    for _, layer in iter_lora_layers(model):  # an added adapter stays inactive until set_adapter (as in PEFT)
+        layer.set_adapter(active or adapter_name)
     for name in save_names:
         submodule = model.get_submodule(name)
         setattr(submodule, SAVE_FLAG, True)

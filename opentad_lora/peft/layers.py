@@ -83,9 +83,11 @@ class LoRALayer(nn.Module):
         return bool(self.merged_adapters)
 
     def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the one used in forward and the only one that trains."""
-        if adapter_name not in self.lora_A:
-            raise KeyError(f'Adapter {adapter_name!r} does not exist; this layer has {self.adapter_names}.')
+        """Make ``adapter_name`` the one used in forward and the only one that trains.
+
+        A layer without that adapter then computes with its base alone, as in PEFT: activating an adapter means
+        "base model + this adapter" everywhere.
+        """
         if self.merged and self.active_adapter != adapter_name:
             self.unmerge()
         self.active_adapter = adapter_name
@@ -139,7 +141,7 @@ class LoRALayer(nn.Module):
             if self.merged:
                 self.unmerge()
             return False
-        return not self.merged and self.active_adapter is not None
+        return not self.merged and self.active_adapter in self.lora_A
 
     # -- passthrough of the base layer's public attributes -----------------------------------------------------
     @property

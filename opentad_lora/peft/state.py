@@ -222,11 +222,11 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
     for name, layer in list(iter_lora_layers(model)):
         if is_quantized(layer.base_layer) and not requantize:
             base = dequantize_linear(layer.base_layer)
-            if not layer.merged and not layer.adapters_disabled and layer.active_adapter is not None:
+            if not layer.merged and not layer.adapters_disabled and layer.active_adapter in layer.lora_A:
                 with torch.no_grad():
                     base.weight += layer.delta_weight(layer.active_adapter).to(base.weight.device)
         else:
-            if not layer.adapters_disabled and layer.active_adapter is not None:
+            if not layer.adapters_disabled and layer.active_adapter in layer.lora_A:
                 layer.merge()
             base = layer.base_layer
         parent_name, _, attr = name.rpartition('.')
@@ -237,15 +237,13 @@ def merge_and_unload(model: nn.Module, requantize: bool = False) -> nn.Module:
 
 
 def set_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Activate ``adapter_name`` in every layer that has it; only its parameters stay trainable."""
-    found = False
-    for _, layer in iter_lora_layers(model):
-        if adapter_name in layer.lora_A:
-            layer.set_adapter(adapter_name)
-            found = True
-    if not found:
-        names = sorted({n for _, layer in iter_lora_layers(model) for n in layer.adapter_names})
+    """Activate ``adapter_name`` everywhere (layers without it use their base); only its parameters train."""
+    layers = [layer for _, layer in iter_lora_layers(model)]
+    if not any(adapter_name in layer.lora_A for layer in layers):
+        names = sorted({n for layer in layers for n in layer.adapter_names})
         raise KeyError(f'No adapter named {adapter_name!r}; the model has {names}.')
+    for layer in layers:
+        layer.set_adapter(adapter_name)
 
 
 @contextmanager

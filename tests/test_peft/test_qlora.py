@@ -1,0 +1,106 @@
+"""QLoRA on CPU: bitsandbytes 4-bit (NF4/FP4) and 8-bit bases under float LoRA adapters."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from opentad_lora.peft import (apply_lora, dequantize_weight, get_lora_info, is_quantized, load_adapter,
+                               merge_and_unload, merge_lora, quantize_linear, save_adapter, unmerge_lora)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int = 64) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc2(torch.nn.functional.gelu(self.fc1(x))))
+
+
+QUANT_CASES = [dict(quantize_bits=4, quant_type='nf4'), dict(quantize_bits=4, quant_type='fp4', double_quant=False),
+               dict(quantize_bits=8)]
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize('quant', QUANT_CASES)
+def test_quantized_base_stays_close_to_float_and_only_lora_trains(quant):
+    float_model = MLP()
+    model = copy.deepcopy(float_model)
+    report = apply_lora(model, dict(r=4, alpha=8, targets=['fc1', 'fc2'], **quant))
+    assert all(is_quantized(getattr(model, n).base_layer) for n in ('fc1', 'fc2'))
+    assert report.wrapped['fc1']['quantize_bits'] == quant['quantize_bits']
+    # the dequantized weight is within the format's rounding error of the float weight
+    for name in ('fc1', 'fc2'):
+        weight = getattr(float_model, name).weight
+        tolerance = 0.15 if quant['quantize_bits'] == 4 else 0.01
+        assert _relative_error(dequantize_weight(getattr(model, name).base_layer), weight) < tolerance
+    x = torch.randn(8, 64, requires_grad=True)
+    out = model(x)
+    assert _relative_error(out, float_model(x)) < (0.2 if quant['quantize_bits'] == 4 else 0.02)
+    out.square().mean().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == {f'{m}.lora_{ab}.default.weight' for m in ('fc1', 'fc2') for ab in 'AB'}
+    assert x.grad is not None and x.grad.abs().sum() > 0  # gradients flow through the frozen 4/8-bit base
+    info = get_lora_info(model)
+    assert info['total'] == sum(p.numel() for p in float_model.parameters()) + report.trainable
+
+
+@pytest.mark.parametrize('quant', QUANT_CASES)
+def test_quantized_merge_matches_adapter_output(quant):
+    float_model = MLP()
+    model = copy.deepcopy(float_model)
+    apply_lora(model, dict(r=4, alpha=8, targets=['fc1', 'fc2'], **quant))
+    with torch.no_grad():
+        for name in ('fc1', 'fc2'):
+            getattr(model, name).lora_B['default'].weight.normal_(0, 0.05)
+    x = torch.randn(8, 64)
+    expected = model(x)
+    # float export: the dequantized base plus the exact update equals the adapter forward (up to fp32 rounding)
+    merged_float = merge_and_unload(copy.deepcopy(model))
+    assert isinstance(merged_float.fc1, nn.Linear) and not is_quantized(merged_float.fc1)
+    torch.testing.assert_close(merged_float(x), expected, rtol=1e-4, atol=1e-4)
+    # re-quantized merge: exactly the quantization of the float merge, with the same bitsandbytes settings
+    merged_quant = merge_and_unload(copy.deepcopy(model), requantize=True)
+    for name in ('fc1', 'fc2'):
+        layer = getattr(merged_quant, name)
+        assert is_quantized(layer) and type(layer) is type(getattr(model, name).base_layer)
+        reference = quantize_linear(getattr(merged_float, name), quant['quantize_bits'],
+                                    quant.get('quant_type', 'nf4'), quant.get('double_quant', True))
+        assert torch.equal(dequantize_weight(layer), dequantize_weight(reference))
+    # in-place merge is the same re-quantization; unmerge returns to the base within one more rounding
+    before = dequantize_weight(model.fc1.base_layer)
+    merge_lora(model)
+    torch.testing.assert_close(model(x), merged_quant(x))
+    unmerge_lora(model)
+    assert not model.fc1.merged
+    rounding = _relative_error(before, float_model.fc1.weight)  # what one quantization of this weight costs
+    assert _relative_error(dequantize_weight(model.fc1.base_layer), before) <= 2 * rounding
+
+
+def test_qlora_adapter_round_trip_restores_quantization(tmp_path):
+    model = MLP()
+    apply_lora(model, dict(r=4, targets=['fc1', 'fc2'], quantize_bits=4, compute_dtype='bf16'))
+    assert model.fc1.lora_A['default'].weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        model.fc1.lora_B['default'].weight.normal_()
+    save_adapter(model, tmp_path)
+    fresh = MLP()
+    fresh.load_state_dict({k: v for k, v in _float_state(model).items()})
+    load_adapter(fresh, tmp_path)
+    assert is_quantized(fresh.fc1.base_layer), 'our own config (with quantize_bits) travels in the file metadata'
+    assert torch.equal(fresh.fc1.lora_B['default'].weight, model.fc1.lora_B['default'].weight)
+
+
+def _float_state(model: nn.Module) -> dict:
+    """A float state dict of the original architecture, rebuilt from a QLoRA model (norm weights + dequantized)."""
+    merged = merge_and_unload(copy.deepcopy(model))
+    with torch.no_grad():
+        for name in ('fc1', 'fc2'):  # remove the adapter delta again: we want the base only
+            getattr(merged, name).weight.sub_(getattr(model, name).delta_weight('default'))
+    return merged.state_dict()
