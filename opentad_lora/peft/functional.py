@@ -1,9 +1,18 @@
 """The LoRA maths, kept apart from the module bookkeeping so fast paths can replace it.
 
-``lora_linear`` is the one entry point the layers call. This file holds the plain-PyTorch reference path, which
-every faster path (fused autograd, Triton) must match in forward and in all gradients.
+Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with identical results:
+
+* ``lora_linear_reference``: plain autograd ops (what PEFT does). Every fast path is tested against it.
+* ``FusedLoRALinear``: one ``autograd.Function`` per layer. Forward runs the base GEMM and accumulates the low-rank
+  product into the same output (``addmm_``); backward computes ``g = dy @ B`` once and reuses it for both ``dx`` and
+  ``dA``; it saves only ``x`` (or the dropped-out ``x``) and the rank-``r`` ``x @ A.T``. The frozen base weight gets
+  no gradient, so no activation is kept for it. Under autocast the cast weights are recomputed in backward instead
+  of being saved (rank-``r`` copies are cheap; the base copy is not kept alive between forward and backward).
+
+``lora_linear`` picks the fused path whenever it applies (a float base weight) and falls back to the reference path
+otherwise (quantized bases, whose forward is bitsandbytes' own).
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,20 +28,82 @@ def lora_delta(x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, dropou
     return F.linear(F.linear(x, lora_a), lora_b) * scaling
 
 
-def lora_linear(x: Tensor, base_out: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float,
-                dropout_p: float = 0.0, training: bool = False) -> Tensor:
-    """Add the low-rank update of one adapter to the base layer's output ``base_out``.
+def lora_linear_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
+                          scaling: float, dropout_p: float = 0.0, training: bool = False) -> Tensor:
+    """The reference LoRA linear: three autograd ops, as PEFT computes it."""
+    result = F.linear(x, weight, bias)
+    return result + lora_delta(x, lora_a, lora_b, scaling, dropout_p, training).to(result.dtype)
 
-    Args:
-        x: Input of the base layer, ``(..., in_features)``.
-        base_out: ``base(x)``, ``(..., out_features)``; its dtype is the dtype of the result.
-        lora_a: ``(r, in_features)``.
-        lora_b: ``(out_features, r)``.
-        scaling: ``alpha / r`` (or ``alpha / sqrt(r)``).
-        dropout_p: Dropout on the LoRA input only.
-        training: Whether dropout is active.
-    """
-    return base_out + lora_delta(x, lora_a, lora_b, scaling, dropout_p, training).to(base_out.dtype)
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+class FusedLoRALinear(torch.autograd.Function):
+    """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
+                scaling: float, dropout_p: float, training: bool) -> Tensor:
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            x2d = x.reshape(-1, x.shape[-1]).to(dtype)
+            out = F.linear(x2d, weight.to(dtype), bias.to(dtype) if bias is not None else None)
+            mask = None
+            lora_in = x2d
+            if dropout_p > 0.0 and training:
+                # F.dropout draws its mask from the shape and memory layout alone, so this is the mask that
+                # F.dropout(x) would use (same RNG stream as the reference path and PEFT).
+                scaled_mask = F.dropout(torch.ones_like(x, dtype=dtype), dropout_p, training=True)
+                scaled_mask = scaled_mask.reshape(x2d.shape)
+                lora_in = x2d * scaled_mask
+                mask = scaled_mask != 0
+            xa = lora_in @ lora_a.to(dtype).t()  # (N, r): the only extra activation LoRA keeps
+            out.addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
+        ctx.save_for_backward(lora_in, xa, mask, weight, bias, lora_a, lora_b)
+        ctx.scaling, ctx.dtype, ctx.dropout_p, ctx.x_shape, ctx.x_dtype = scaling, dtype, dropout_p, x.shape, x.dtype
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        lora_in, xa, mask, weight, bias, lora_a, lora_b = ctx.saved_tensors
+        s, dtype = ctx.scaling, ctx.dtype
+        dy = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
+        a_c = lora_a.to(dtype)
+        g = dy @ lora_b.to(dtype)  # (N, r), shared by dx and dA
+        grad_x = grad_w = grad_b = grad_a = grad_bb = None
+        if ctx.needs_input_grad[0]:
+            grad_lora_in = (g @ a_c).mul_(s)
+            if mask is not None:
+                grad_lora_in = grad_lora_in * mask / (1.0 - ctx.dropout_p)
+            grad_x = torch.addmm(grad_lora_in, dy, weight.to(dtype)).reshape(ctx.x_shape).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:  # a trainable base never meets dropout here (see can_fuse)
+            grad_w = (dy.t() @ lora_in).to(weight.dtype)
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_b = dy.sum(0).to(bias.dtype)
+        if ctx.needs_input_grad[3]:
+            grad_a = (g.t() @ lora_in).mul_(s).to(lora_a.dtype)
+        if ctx.needs_input_grad[4]:
+            grad_bb = (dy.t() @ xa).mul_(s).to(lora_b.dtype)
+        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None
+
+
+def can_fuse(weight: Tensor, dropout_p: float, training: bool) -> bool:
+    """Whether the fused path applies: a float base weight, and no trainable base under LoRA dropout."""
+    if not weight.is_floating_point():
+        return False
+    return not (weight.requires_grad and dropout_p > 0.0 and training)
+
+
+def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor, scaling: float,
+                dropout_p: float = 0.0, training: bool = False, fused: bool = True) -> Tensor:
+    """LoRA linear forward; the fused path where it applies, else the reference path."""
+    if fused and can_fuse(weight, dropout_p, training):
+        return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
+    return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 
 
 def conv_delta_weight(lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:

@@ -160,13 +160,15 @@ class LoRALayer(nn.Module):
 class LoRALinear(LoRALayer):
     """LoRA around ``nn.Linear`` or a bitsandbytes ``Linear4bit``/``Linear8bitLt``.
 
-    ``y = base(x) + dropout(x) @ A.T @ B.T * scaling``, the LoRA path in the adapter's dtype.
+    ``y = base(x) + dropout(x) @ A.T @ B.T * scaling``. A float base runs the fused autograd function of
+    :mod:`.functional`; a quantized base runs bitsandbytes' forward with the LoRA path added in the adapter's dtype.
     """
 
-    def __init__(self, base_layer: nn.Module) -> None:
+    def __init__(self, base_layer: nn.Module, fused: bool = True) -> None:
         super().__init__(base_layer)
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
+        self.fused = fused  # False forces the reference autograd path (for comparisons)
 
     def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
         return nn.Linear(self.in_features, r, bias=False), nn.Linear(r, self.out_features, bias=False)
@@ -182,13 +184,18 @@ class LoRALinear(LoRALayer):
         return LF.linear_delta_weight(self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight,
                                       self.scaling[adapter_name])
 
-    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        result = self.base_layer(x, *args, **kwargs)
+    def forward(self, x: Tensor) -> Tensor:
         if not self._use_lora():
-            return result
+            return self.base_layer(x)
         name = self.active_adapter
-        return LF.lora_linear(x, result, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
-                              self.dropout_p[name], self.training)
+        lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
+        scaling, dropout_p = self.scaling[name], self.dropout_p[name]
+        if is_quantized(self.base_layer):  # bitsandbytes runs the base; LoRA is added in the adapter's dtype
+            result = self.base_layer(x)
+            delta = LF.lora_delta(x, lora_a, lora_b, scaling, dropout_p, self.training)
+            return result + delta.to(result.dtype)
+        return LF.lora_linear(x, self.base_layer.weight, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
+                              self.training, fused=self.fused)
 
 
 class LoRAConv(LoRALayer):

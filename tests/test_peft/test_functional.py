@@ -1,0 +1,66 @@
+"""The fused LoRA autograd function equals the reference path in forward and in every gradient."""
+import pytest
+import torch
+
+from opentad_lora.peft.functional import FusedLoRALinear, lora_linear, lora_linear_reference
+
+
+def _inputs(dtype=torch.float32, bias=True, train_base=False, transposed=False):
+    x = torch.randn(3, 7, 16, dtype=dtype)
+    if transposed:  # a non-contiguous input, as after a transpose in attention code
+        x = torch.randn(3, 16, 7, dtype=dtype).transpose(1, 2)
+    x.requires_grad_(True)
+    weight = torch.randn(12, 16, dtype=dtype, requires_grad=train_base)
+    b = torch.randn(12, dtype=dtype, requires_grad=train_base) if bias else None
+    lora_a = torch.randn(4, 16, dtype=dtype, requires_grad=True)
+    lora_b = torch.randn(12, 4, dtype=dtype, requires_grad=True)
+    return x, weight, b, lora_a, lora_b
+
+
+def _grads(out, tensors):
+    targets = [t for t in tensors if t is not None and t.requires_grad]
+    return torch.autograd.grad((out.float() ** 2).sum(), targets)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('train_base', [False, True])
+@pytest.mark.parametrize('transposed', [False, True])
+def test_fused_matches_reference_fp32(bias, train_base, transposed):
+    tensors = _inputs(bias=bias, train_base=train_base, transposed=transposed)
+    ref = lora_linear_reference(*tensors, scaling=0.75)
+    fused = FusedLoRALinear.apply(*tensors, 0.75, 0.0, False)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    for g_fused, g_ref in zip(_grads(fused, tensors), _grads(ref, tensors)):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('transposed', [False, True])
+def test_fused_dropout_uses_the_same_mask_as_the_reference(transposed):
+    tensors = _inputs(transposed=transposed)
+    torch.manual_seed(7)
+    ref = lora_linear_reference(*tensors, scaling=2.0, dropout_p=0.3, training=True)
+    torch.manual_seed(7)
+    fused = lora_linear(*tensors, scaling=2.0, dropout_p=0.3, training=True)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    for g_fused, g_ref in zip(_grads(fused, tensors), _grads(ref, tensors)):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_under_bf16_autocast_matches_reference_within_bf16_tolerance():
+    tensors = _inputs()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ref = lora_linear_reference(*tensors, scaling=0.5)
+        fused = lora_linear(*tensors, scaling=0.5)
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), ref.float(), rtol=2e-2, atol=5e-2)
+    for g_fused, g_ref in zip(_grads(fused, tensors), _grads(ref, tensors)):
+        assert g_fused.dtype == g_ref.dtype == torch.float32  # grads come back in the parameters' dtype
+        torch.testing.assert_close(g_fused, g_ref, rtol=3e-2, atol=0.5)
+
+
+def test_fused_saves_only_the_input_and_the_rank_r_activation():
+    x, weight, bias, lora_a, lora_b = _inputs()
+    out = FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, 1.0, 0.0, False)
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+    activations = [t for t in saved if t.shape[0] == x.numel() // x.shape[-1]]
+    assert sorted(tuple(t.shape) for t in activations) == [(21, 4), (21, 16)]
