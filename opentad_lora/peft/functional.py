@@ -6,13 +6,14 @@ Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with ide
 * ``FusedLoRALinear``: one ``autograd.Function`` per layer. Forward runs the base GEMM and accumulates the low-rank
   product into the same output (``addmm_``); backward computes ``g = dy @ B`` once and reuses it for both ``dx`` and
   ``dA``; it saves only ``x`` (or the dropped-out ``x``) and the rank-``r`` ``x @ A.T``. The frozen base weight gets
-  no gradient, so no activation is kept for it. Under autocast the cast weights are recomputed in backward instead
-  of being saved (rank-``r`` copies are cheap; the base copy is not kept alive between forward and backward).
+  no gradient, so no activation is kept for it. Under autocast the weights are cast again in backward instead of
+  keeping a cast copy alive between forward and backward.
 
-``lora_linear`` picks the fused path whenever it applies (a float base weight) and falls back to the reference path
-otherwise (quantized bases, whose forward is bitsandbytes' own).
+For a quantized (QLoRA) base the same function takes a ``dequantize`` callable instead of a weight: the 4/8-bit
+weight is dequantized to the compute dtype in forward and again in backward and never saved, so the frozen base
+costs its quantized size between the two passes (weight-only quantization: activations stay in float).
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,15 +44,21 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 class FusedLoRALinear(torch.autograd.Function):
-    """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward."""
+    """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward.
+
+    ``weight`` is the base weight, or None together with ``dequantize(dtype) -> Tensor`` for a quantized base.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
-                scaling: float, dropout_p: float, training: bool) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
+                scaling: float, dropout_p: float, training: bool,
+                dequantize: Optional[Callable[[torch.dtype], Tensor]] = None) -> Tensor:
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             x2d = x.reshape(-1, x.shape[-1]).to(dtype)
-            out = F.linear(x2d, weight.to(dtype), bias.to(dtype) if bias is not None else None)
+            base_weight = dequantize(dtype) if dequantize is not None else weight.to(dtype)
+            out = F.linear(x2d, base_weight, bias.to(dtype) if bias is not None else None)
+            del base_weight
             mask = None
             lora_in = x2d
             if dropout_p > 0.0 and training:
@@ -64,6 +71,7 @@ class FusedLoRALinear(torch.autograd.Function):
             xa = lora_in @ lora_a.to(dtype).t()  # (N, r): the only extra activation LoRA keeps
             out.addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
         ctx.save_for_backward(lora_in, xa, mask, weight, bias, lora_a, lora_b)
+        ctx.dequantize = dequantize
         ctx.scaling, ctx.dtype, ctx.dropout_p, ctx.x_shape, ctx.x_dtype = scaling, dtype, dropout_p, x.shape, x.dtype
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
@@ -79,7 +87,8 @@ class FusedLoRALinear(torch.autograd.Function):
             grad_lora_in = (g @ a_c).mul_(s)
             if mask is not None:
                 grad_lora_in = grad_lora_in * mask / (1.0 - ctx.dropout_p)
-            grad_x = torch.addmm(grad_lora_in, dy, weight.to(dtype)).reshape(ctx.x_shape).to(ctx.x_dtype)
+            base_weight = ctx.dequantize(dtype) if ctx.dequantize is not None else weight.to(dtype)
+            grad_x = torch.addmm(grad_lora_in, dy, base_weight).reshape(ctx.x_shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:  # a trainable base never meets dropout here (see can_fuse)
             grad_w = (dy.t() @ lora_in).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
@@ -88,21 +97,29 @@ class FusedLoRALinear(torch.autograd.Function):
             grad_a = (g.t() @ lora_in).mul_(s).to(lora_a.dtype)
         if ctx.needs_input_grad[4]:
             grad_bb = (dy.t() @ xa).mul_(s).to(lora_b.dtype)
-        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None
+        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
 
 
 def can_fuse(weight: Tensor, dropout_p: float, training: bool) -> bool:
-    """Whether the fused path applies: a float base weight, and no trainable base under LoRA dropout."""
-    if not weight.is_floating_point():
-        return False
-    return not (weight.requires_grad and dropout_p > 0.0 and training)
+    """Whether the fused path applies to a float base: not when a trainable base meets LoRA dropout."""
+    return weight.is_floating_point() and not (weight.requires_grad and dropout_p > 0.0 and training)
 
 
 def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor, scaling: float,
                 dropout_p: float = 0.0, training: bool = False, fused: bool = True) -> Tensor:
-    """LoRA linear forward; the fused path where it applies, else the reference path."""
+    """LoRA linear forward for a float base; the fused path where it applies, else the reference path."""
     if fused and can_fuse(weight, dropout_p, training):
-        return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
+        return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training, None)
+    return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
+
+
+def qlora_linear(x: Tensor, dequantize: Callable[[torch.dtype], Tensor], bias: Optional[Tensor], lora_a: Tensor,
+                 lora_b: Tensor, scaling: float, dropout_p: float = 0.0, training: bool = False,
+                 fused: bool = True) -> Tensor:
+    """LoRA linear forward for a quantized base given by ``dequantize(dtype)``; fused unless ``fused=False``."""
+    if fused:
+        return FusedLoRALinear.apply(x, None, bias, lora_a, lora_b, scaling, dropout_p, training, dequantize)
+    weight = dequantize(_compute_dtype(x))
     return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 
 

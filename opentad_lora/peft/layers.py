@@ -160,8 +160,9 @@ class LoRALayer(nn.Module):
 class LoRALinear(LoRALayer):
     """LoRA around ``nn.Linear`` or a bitsandbytes ``Linear4bit``/``Linear8bitLt``.
 
-    ``y = base(x) + dropout(x) @ A.T @ B.T * scaling``. A float base runs the fused autograd function of
-    :mod:`.functional`; a quantized base runs bitsandbytes' forward with the LoRA path added in the adapter's dtype.
+    ``y = base(x) + dropout(x) @ A.T @ B.T * scaling`` through the fused autograd function of :mod:`.functional`.
+    A quantized base is dequantized to the compute dtype inside it (weight-only quantization; with adapters
+    disabled or merged the bitsandbytes forward runs as is).
     """
 
     def __init__(self, base_layer: nn.Module, fused: bool = True) -> None:
@@ -180,6 +181,9 @@ class LoRALinear(LoRALayer):
             return torch.empty(0, device=weight.device, dtype=compute or torch.float32)
         return weight
 
+    def _dequantize(self, dtype: torch.dtype) -> Tensor:
+        return dequantize_weight(self.base_layer, dtype)
+
     def delta_weight(self, adapter_name: str) -> Tensor:
         return LF.linear_delta_weight(self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight,
                                       self.scaling[adapter_name])
@@ -190,10 +194,9 @@ class LoRALinear(LoRALayer):
         name = self.active_adapter
         lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
         scaling, dropout_p = self.scaling[name], self.dropout_p[name]
-        if is_quantized(self.base_layer):  # bitsandbytes runs the base; LoRA is added in the adapter's dtype
-            result = self.base_layer(x)
-            delta = LF.lora_delta(x, lora_a, lora_b, scaling, dropout_p, self.training)
-            return result + delta.to(result.dtype)
+        if is_quantized(self.base_layer):
+            return LF.qlora_linear(x, self._dequantize, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
+                                   self.training, fused=self.fused)
         return LF.lora_linear(x, self.base_layer.weight, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
                               self.training, fused=self.fused)
 

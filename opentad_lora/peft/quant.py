@@ -43,7 +43,8 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
     """
     bnb = require_bitsandbytes()
     device = linear.weight.device
-    weight = linear.weight.data.detach().to('cpu', torch.float32).contiguous()
+    # Quantize from the compute dtype when one is given, so dequantization yields that dtype directly.
+    weight = linear.weight.data.detach().to('cpu', compute_dtype or torch.float32).contiguous()
     has_bias = linear.bias is not None
     if bits == 4:
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
@@ -63,16 +64,16 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
     return layer if device.type == 'cpu' else layer.to(device)
 
 
-def dequantize_weight(layer: nn.Module) -> Tensor:
-    """The float32 weight a bitsandbytes layer computes with (exactly what its forward uses)."""
+def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The weight of a bitsandbytes layer in ``dtype`` (4-bit: the exact dequantization bitsandbytes computes)."""
     bnb = require_bitsandbytes()
     bits = quantized_bits(layer)
     if bits == 4:
         weight = layer.weight
-        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
     if bits == 8:
         scb = layer.weight.SCB if getattr(layer.weight, 'SCB', None) is not None else layer.state.SCB
-        return layer.weight.data.float() * scb.float().unsqueeze(1) / 127.0
+        return (layer.weight.data.to(dtype) * (scb.to(dtype) / 127.0).unsqueeze(1))
     raise TypeError(f'{type(layer).__name__} is not a bitsandbytes quantized layer.')
 
 

@@ -64,3 +64,25 @@ def test_fused_saves_only_the_input_and_the_rank_r_activation():
     saved = [t for t in out.grad_fn.saved_tensors if t is not None]
     activations = [t for t in saved if t.shape[0] == x.numel() // x.shape[-1]]
     assert sorted(tuple(t.shape) for t in activations) == [(21, 4), (21, 16)]
+
+
+@pytest.mark.parametrize('bits', [4, 8])
+def test_fused_quantized_base_matches_reference_on_the_dequantized_weight(bits):
+    from opentad_lora.peft import apply_lora
+
+    layer = torch.nn.Sequential(torch.nn.Linear(16, 12))
+    apply_lora(layer, dict(r=4, targets=['0'], quantize_bits=bits, dropout=0.2))
+    lora = layer[0]
+    with torch.no_grad():
+        lora.lora_B['default'].weight.normal_()
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    lora.train()
+    torch.manual_seed(3)
+    fused = lora(x)
+    lora.fused = False
+    torch.manual_seed(3)
+    ref = lora(x)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    params = [x, lora.lora_A['default'].weight, lora.lora_B['default'].weight]
+    for g_fused, g_ref in zip(_grads(fused, params), _grads(ref, params)):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-4, atol=1e-4)
