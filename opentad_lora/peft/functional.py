@@ -5,13 +5,11 @@ Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with ide
 * ``lora_linear_reference``: plain autograd ops (what PEFT does). Every fast path is tested against it.
 * ``FusedLoRALinear``: one ``autograd.Function`` per layer. Forward runs the base GEMM and accumulates the low-rank
   product into the same output (``addmm_``); backward computes ``g = dy @ B`` once and reuses it for both ``dx`` and
-  ``dA``; it saves only ``x`` (or the dropped-out ``x``) and the rank-``r`` ``x @ A.T``. The frozen base weight gets
-  no gradient, so no activation is kept for it. Under autocast the weights are cast again in backward instead of
-  keeping a cast copy alive between forward and backward.
+  ``dA``; it saves only ``x`` (or the dropped-out ``x`` and its mask) and the rank-``r`` ``x @ A.T``. The frozen
+  base weight gets no gradient, so no activation is kept for it; its compute-dtype copy is kept as autocast would.
 
 For a quantized (QLoRA) base the same function takes a ``dequantize`` callable instead of a weight: the 4/8-bit
-weight is dequantized to the compute dtype in forward and again in backward and never saved, so the frozen base
-costs its quantized size between the two passes (weight-only quantization: activations stay in float).
+weight is dequantized once per step to the compute dtype (weight-only quantization: activations stay in float).
 """
 from typing import Callable, Optional, Tuple
 
@@ -55,46 +53,43 @@ class FusedLoRALinear(torch.autograd.Function):
                 dequantize: Optional[Callable[[torch.dtype], Tensor]] = None) -> Tensor:
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            x2d = x.reshape(-1, x.shape[-1]).to(dtype)
+            x_c = x.to(dtype)
+            x2d = x_c.reshape(-1, x.shape[-1])
+            # The compute-dtype weight is kept for backward, as autocast keeps its cast copy for a frozen layer:
+            # no second cast or dequantization in backward, and no more memory than the frozen floor.
             base_weight = dequantize(dtype) if dequantize is not None else weight.to(dtype)
             out = F.linear(x2d, base_weight, bias.to(dtype) if bias is not None else None)
-            del base_weight
             mask = None
             lora_in = x2d
             if dropout_p > 0.0 and training:
-                # F.dropout draws its mask from the shape and memory layout alone, so this is the mask that
-                # F.dropout(x) would use (same RNG stream as the reference path and PEFT).
-                scaled_mask = F.dropout(torch.ones_like(x, dtype=dtype), dropout_p, training=True)
-                scaled_mask = scaled_mask.reshape(x2d.shape)
-                lora_in = x2d * scaled_mask
-                mask = scaled_mask != 0
+                # native_dropout is what F.dropout runs (same RNG stream as the reference path and PEFT, on the
+                # same memory layout); it also returns the mask that backward needs.
+                lora_in, mask = torch.ops.aten.native_dropout(x_c, dropout_p, True)
+                lora_in, mask = lora_in.reshape(x2d.shape), mask.reshape(x2d.shape)
             xa = lora_in @ lora_a.to(dtype).t()  # (N, r): the only extra activation LoRA keeps
             out.addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
-        ctx.save_for_backward(lora_in, xa, mask, weight, bias, lora_a, lora_b)
-        ctx.dequantize = dequantize
+        ctx.save_for_backward(lora_in, xa, mask, base_weight, weight, bias, lora_a, lora_b)
         ctx.scaling, ctx.dtype, ctx.dropout_p, ctx.x_shape, ctx.x_dtype = scaling, dtype, dropout_p, x.shape, x.dtype
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        lora_in, xa, mask, weight, bias, lora_a, lora_b = ctx.saved_tensors
+        lora_in, xa, mask, base_weight, weight, bias, lora_a, lora_b = ctx.saved_tensors
         s, dtype = ctx.scaling, ctx.dtype
         dy = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
-        a_c = lora_a.to(dtype)
-        g = dy @ lora_b.to(dtype)  # (N, r), shared by dx and dA
+        g = (dy @ lora_b.to(dtype)).mul_(s)  # (N, r), scaled once here and shared by dx and dA
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
         if ctx.needs_input_grad[0]:
-            grad_lora_in = (g @ a_c).mul_(s)
+            grad_lora_in = g @ lora_a.to(dtype)
             if mask is not None:
-                grad_lora_in = grad_lora_in * mask / (1.0 - ctx.dropout_p)
-            base_weight = ctx.dequantize(dtype) if ctx.dequantize is not None else weight.to(dtype)
+                grad_lora_in = grad_lora_in * mask * (1.0 / (1.0 - ctx.dropout_p))
             grad_x = torch.addmm(grad_lora_in, dy, base_weight).reshape(ctx.x_shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:  # a trainable base never meets dropout here (see can_fuse)
             grad_w = (dy.t() @ lora_in).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             grad_b = dy.sum(0).to(bias.dtype)
         if ctx.needs_input_grad[3]:
-            grad_a = (g.t() @ lora_in).mul_(s).to(lora_a.dtype)
+            grad_a = (g.t() @ lora_in).to(lora_a.dtype)
         if ctx.needs_input_grad[4]:
             grad_bb = (dy.t() @ xa).mul_(s).to(lora_b.dtype)
         return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None

@@ -60,8 +60,7 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
         raise ValueError(f'quantize_bits must be 4 or 8, got {bits!r}.')
     if has_bias:
         layer.bias = nn.Parameter(linear.bias.data.detach().to('cpu', torch.float32).clone(), requires_grad=False)
-    layer = layer.to('cpu')  # quantizes
-    return layer if device.type == 'cpu' else layer.to(device)
+    return layer.to(device)  # bitsandbytes quantizes on this move, on the target device
 
 
 def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> Tensor:

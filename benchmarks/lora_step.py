@@ -1,0 +1,172 @@
+"""Cost of one LoRA/QLoRA training step on a ViT, ours against HF PEFT, full fine-tuning and the frozen floor.
+
+Every mode runs in ONE process on the same GPU, and every figure is reported as a ratio to the frozen-base floor
+(forward + the backward that computes input gradients only). Step = forward + backward + AdamW, bf16 autocast,
+median of ``--iters`` after ``--warmup`` steps, peak memory from ``torch.cuda.max_memory_allocated``. The model is
+timm's ``VisionTransformer`` (as in shared/bench/anchor_lora_step.py) so PEFT and our layers wrap the same modules.
+
+    python benchmarks/lora_step.py --arch vit_b --batch 128
+    python benchmarks/lora_step.py --arch vit_h --batch 64 --modes floor,full,peft_lora,ours_lora
+
+Prints one JSON line per mode; ``--cpu-smoke`` runs two tiny steps of every mode on CPU to check the script.
+"""
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from opentad_lora.peft import apply_lora, merge_and_unload  # noqa: E402
+
+ARCHS = {
+    'vit_h': dict(img_size=(256, 192), patch_size=16, embed_dim=1280, depth=32, num_heads=16),
+    'vit_b': dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    'tiny': dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2),
+}
+TARGETS = ['qkv', 'proj', 'fc1', 'fc2']
+MODES = ('floor', 'full', 'peft_lora', 'peft_qlora4', 'ours_lora', 'ours_lora_unfused', 'ours_qlora4',
+         'ours_qlora8', 'ours_lora_compile', 'infer_base', 'infer_merged')
+
+
+def build(arch: str) -> nn.Module:
+    """timm's ViT (the anchor's model) when timm imports, else ours (same module names and shapes)."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+        return VisionTransformer(num_classes=0, global_pool='avg', **ARCHS[arch])
+    except Exception:  # timm needs torchvision, which CPU-only machines may lack
+        from opentad_lora.models.backbones.vit import VisionTransformer
+        return VisionTransformer(out_type='cls', **ARCHS[arch])
+
+
+def _peft_qlora_swap(model: nn.Module) -> None:
+    """What the anchor does for PEFT+bnb: every targeted Linear becomes an NF4 Linear4bit before PEFT wraps it."""
+    import bitsandbytes as bnb
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child_name in TARGETS and not name.startswith('patch_embed'):
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.bfloat16, quant_type='nf4', compress_statistics=True)
+                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type='nf4',
+                                             compress_statistics=True)
+                if child.bias is not None:
+                    q.bias = nn.Parameter(child.bias.data, requires_grad=False)
+                setattr(module, child_name, q)
+
+
+def prepare(mode: str, model: nn.Module, rank: int, device: str) -> nn.Module:
+    """Turn a fresh float model into the model of ``mode`` on ``device``."""
+    lora = dict(r=rank, alpha=2 * rank, targets=TARGETS)  # as PEFT's list: also the patch-embedding conv 'proj'
+    if mode in ('floor', 'infer_base'):
+        return model.to(device).requires_grad_(False)
+    if mode == 'full':
+        return model.to(device)
+    if mode.startswith('peft'):
+        from peft import LoraConfig, get_peft_model
+        if mode == 'peft_qlora4':
+            _peft_qlora_swap(model)
+        return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)).to(device)
+    model = model.to(device)
+    if mode == 'ours_qlora4':
+        apply_lora(model, dict(lora, quantize_bits=4, compute_dtype='bf16'))
+    elif mode == 'ours_qlora8':
+        apply_lora(model, dict(lora, quantize_bits=8, compute_dtype='bf16'))
+    else:
+        apply_lora(model, lora)
+    if mode == 'ours_lora_unfused':
+        for module in model.modules():
+            if hasattr(module, 'fused'):
+                module.fused = False
+    if mode == 'infer_merged':
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if 'lora_B' in name:
+                    param.normal_(0, 0.01)
+        model = merge_and_unload(model).requires_grad_(False)
+    if mode == 'ours_lora_compile':
+        model = torch.compile(model)
+    return model
+
+
+def time_steps(model: nn.Module, x: torch.Tensor, iters: int, warmup: int, train: bool) -> tuple:
+    """Median step seconds and peak GiB of ``iters`` steps (after ``warmup``)."""
+    cuda = x.is_cuda
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4) if params and train else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + iters):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            if train:
+                out = model(x)
+            else:
+                with torch.no_grad():
+                    out = model(x)
+        if train:
+            out.float().pow(2).mean().backward()
+            if opt:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan')
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--arch', default='vit_b', choices=sorted(ARCHS))
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--rank', type=int, default=16)
+    parser.add_argument('--iters', type=int, default=15)
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--modes', default=','.join(MODES))
+    parser.add_argument('--cpu-smoke', action='store_true', help='tiny model, 2 steps per mode, on CPU')
+    args = parser.parse_args()
+    if args.cpu_smoke:
+        args.arch, args.batch, args.iters, args.warmup, device = 'tiny', 2, 1, 1, 'cpu'
+    else:
+        device = 'cuda'
+        torch.backends.cuda.matmul.allow_tf32 = True
+    size = ARCHS[args.arch]['img_size']
+    height, width = size if isinstance(size, tuple) else (size, size)
+    torch.manual_seed(0)
+    reference = build(args.arch)
+    results = {}
+    for mode in args.modes.split(','):
+        torch.manual_seed(0)
+        if device == 'cuda':
+            torch.cuda.empty_cache()
+        model = prepare(mode, copy.deepcopy(reference), args.rank, device)
+        x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode == 'floor')
+        try:
+            seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not mode.startswith('infer'))
+            results[mode] = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2),
+                                 trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        except Exception as err:  # one failing mode must not hide the others' numbers
+            results[mode] = dict(error=f'{type(err).__name__}: {err}'[:300])
+        del model
+    floor = results.get('floor', {}).get('ms')
+    infer = results.get('infer_base', {}).get('ms')
+    for mode, row in results.items():
+        base = infer if mode.startswith('infer') else floor
+        if base and 'ms' in row:
+            row['ratio'] = round(row['ms'] / base, 3)
+        print(json.dumps(dict(mode=mode, arch=args.arch, batch=args.batch, rank=args.rank, **row,
+                              gpu=torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
+                              torch=torch.__version__)), flush=True)
+
+
+if __name__ == '__main__':
+    main()
