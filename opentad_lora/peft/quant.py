@@ -71,9 +71,20 @@ def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> T
         weight = layer.weight
         return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
     if bits == 8:
-        scb = layer.weight.SCB if getattr(layer.weight, 'SCB', None) is not None else layer.state.SCB
-        return (layer.weight.data.to(dtype) * (scb.to(dtype) / 127.0).unsqueeze(1))
+        return layer.weight.data.to(dtype) * (_int8_scales(layer).to(dtype) / 127.0).unsqueeze(1)
     raise TypeError(f'{type(layer).__name__} is not a bitsandbytes quantized layer.')
+
+
+def _int8_scales(layer: nn.Module) -> Tensor:
+    """The per-row absmax scales of a ``Linear8bitLt``, on the weight's device.
+
+    bitsandbytes keeps them on the parameter (``weight.SCB``) until the first forward moves them to ``state.SCB``;
+    ``model.to(device)`` after quantization does not move them, so they are moved (once) here.
+    """
+    holder = layer.weight if getattr(layer.weight, 'SCB', None) is not None else layer.state
+    if holder.SCB.device != layer.weight.device:
+        holder.SCB = holder.SCB.to(layer.weight.device)
+    return holder.SCB
 
 
 def dequantize_linear(layer: nn.Module) -> nn.Linear:
