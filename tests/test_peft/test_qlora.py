@@ -104,3 +104,22 @@ def _float_state(model: nn.Module) -> dict:
         for name in ('fc1', 'fc2'):  # remove the adapter delta again: we want the base only
             getattr(merged, name).weight.sub_(getattr(model, name).delta_weight('default'))
     return merged.state_dict()
+
+
+def _stored_bytes(layer: nn.Module) -> int:
+    """Bytes of the packed weight plus every tensor of its quantization state (absmax, nested absmax, code)."""
+    weight = layer.weight
+    total = weight.data.numel() * weight.data.element_size()
+    state = weight.quant_state
+    tensors = [state.absmax, state.code]
+    if state.nested:
+        tensors += [state.state2.absmax, state.state2.code]
+    return total + sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize('double_quant, expected', [(True, 0.52), (False, 0.5625)])
+def test_nf4_storage_per_parameter(double_quant, expected):
+    """NF4 stores 4 bits a weight plus one absmax per 64 weights: 0.5625 byte/param, ~0.52 with double quant."""
+    layer = quantize_linear(nn.Linear(4096, 4096, bias=False), 4, 'nf4', double_quant)
+    per_param = _stored_bytes(layer) / (4096 * 4096)
+    assert per_param == pytest.approx(expected, abs=0.005)
