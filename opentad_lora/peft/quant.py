@@ -52,6 +52,9 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
                                   quant_type=quant_type, device='cpu')
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
                                          compress_statistics=double_quant, module=layer)
+        # On AVX512-BF16 CPUs bitsandbytes repacks the weight in place at the first no-grad eval forward, after
+        # which training forwards fail and dequantize_4bit reads the wrong layout: keep the standard layout.
+        layer.support_avx512bf16_for_cpu = False
     elif bits == 8:
         layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
                                     has_fp16_weights=False, device='cpu')

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from opentad_lora.peft import (apply_lora, dequantize_weight, get_lora_info, is_quantized, load_adapter,
-                               merge_and_unload, merge_lora, quantize_linear, save_adapter, unmerge_lora)
+from opentad_lora.peft import (apply_lora, dequantize_weight, disable_adapters, get_lora_info, is_quantized,
+                               load_adapter, merge_and_unload, merge_lora, quantize_linear, save_adapter,
+                               unmerge_lora)
 
 
 class MLP(nn.Module):
@@ -123,3 +124,17 @@ def test_nf4_storage_per_parameter(double_quant, expected):
     layer = quantize_linear(nn.Linear(4096, 4096, bias=False), 4, 'nf4', double_quant)
     per_param = _stored_bytes(layer) / (4096 * 4096)
     assert per_param == pytest.approx(expected, abs=0.005)
+
+
+def test_eval_forward_of_a_disabled_4bit_layer_keeps_training_working():
+    """bitsandbytes' CPU inference repacking must not break later training or dequantization."""
+    model = MLP()
+    apply_lora(model, dict(r=4, targets=['fc1', 'fc2'], quantize_bits=4))
+    before = dequantize_weight(model.fc1.base_layer)
+    model.eval()
+    with torch.no_grad(), disable_adapters(model):
+        model(torch.randn(2, 64))  # the bitsandbytes forward itself runs here
+    assert torch.equal(dequantize_weight(model.fc1.base_layer), before)
+    model.train()
+    model(torch.randn(2, 64, requires_grad=True)).sum().backward()
+    assert model.fc1.lora_A['default'].weight.grad is not None
