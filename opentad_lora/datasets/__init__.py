@@ -1,1 +1,2 @@
 """Registered datasets and transforms, one subpackage per model family."""
+from . import classification  # noqa: F401

@@ -1,1 +1,3 @@
 """Registered models. Each model family is a subpackage; importing this package registers all of them."""
+from . import backbones, classification, layers  # noqa: F401
+from . import lora_model  # noqa: F401

@@ -1,1 +1,2 @@
 """Plots and renders written as PNG files."""
+from . import vis_backend  # noqa: F401

@@ -1,0 +1,84 @@
+"""Small config adjustments ``tools/train.py`` applies before building the Runner."""
+import logging
+import os
+from typing import List, MutableMapping, Optional
+
+import torch
+from mmengine.logging import print_log
+
+from .ddp import TORCHRUN_ENV, init_cpu_process_group
+
+CPU_DDP_WRAPPER = 'opentad_lora.AnyDeviceDistributedDataParallel'  # scoped: the Runner looks the type up in the root
+
+
+def setup_launcher(cfg: MutableMapping, launcher: str = 'none') -> str:
+    """Choose the launcher and the process-group backend; sets ``cfg.launcher`` and returns it.
+
+    ``torchrun`` exports ``WORLD_SIZE``/``LOCAL_RANK``, but MMEngine treats ``launcher='none'`` as single-process,
+    so ``torchrun --nproc-per-node N tools/train.py cfg`` would start N independent trainings. With those variables
+    set, ``'none'`` becomes ``'pytorch'``. The backend (``cfg.env_cfg.dist_cfg.backend``) becomes ``gloo`` without
+    CUDA (NCCL needs GPUs) and defaults to ``nccl`` with CUDA; an explicit non-NCCL backend is kept.
+
+    DDP on CPU under ``torchrun`` (launcher ``'pytorch'``): MMEngine 0.10.7 cannot start it by itself (see
+    :mod:`opentad_lora.engine.ddp`), so the gloo process group is created here and, unless the config has a
+    ``model_wrapper_cfg``, the model is wrapped by ``AnyDeviceDistributedDataParallel``.
+
+    Args:
+        cfg: The MMEngine config (or a plain dict), modified in place.
+        launcher: The ``--launcher`` argument.
+    """
+    if launcher == 'none' and any(name in os.environ for name in TORCHRUN_ENV):
+        launcher = 'pytorch'
+    cfg['launcher'] = launcher
+    env_cfg = dict(cfg.get('env_cfg') or {})
+    dist_cfg = dict(env_cfg.get('dist_cfg') or {})
+    backend = dist_cfg.get('backend')
+    if not torch.cuda.is_available():
+        if backend in (None, 'nccl'):
+            dist_cfg['backend'] = 'gloo'
+    elif backend is None:
+        dist_cfg['backend'] = 'nccl'
+    env_cfg['dist_cfg'] = dist_cfg
+    cfg['env_cfg'] = env_cfg
+    if launcher == 'pytorch' and not torch.cuda.is_available():
+        init_cpu_process_group(dist_cfg['backend'])
+        if cfg.get('model_wrapper_cfg') is None:
+            cfg['model_wrapper_cfg'] = dict(type=CPU_DDP_WRAPPER, broadcast_buffers=False,
+                                            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    return launcher
+
+
+def _optim_wrapper_cfgs(optim_wrapper: MutableMapping) -> List[MutableMapping]:
+    """The single optim wrapper config, or each named one of an ``OptimWrapperDict`` config."""
+    if 'optimizer' in optim_wrapper:
+        return [optim_wrapper]
+    return [value for value in optim_wrapper.values() if isinstance(value, MutableMapping) and 'optimizer' in value]
+
+
+def setup_amp(cfg: MutableMapping) -> Optional[str]:
+    """Turn on mixed precision (``--amp``) where it can run; returns the autocast dtype or ``None``.
+
+    With CUDA, every ``OptimWrapper`` becomes an ``AmpOptimWrapper`` with ``dtype='bfloat16'`` (or ``'float16'``
+    with dynamic loss scaling on GPUs without bf16). Without CUDA it logs why and keeps float32, because MMEngine's
+    ``AmpOptimWrapper`` asserts a GPU. Other wrapper types (e.g. DeepSpeed's) are left as they are.
+
+    Args:
+        cfg: The MMEngine config (or a plain dict) with ``optim_wrapper``, modified in place.
+    """
+    if not torch.cuda.is_available():
+        print_log('--amp: no CUDA device, so training stays in float32 (MMEngine\'s AmpOptimWrapper needs a GPU).',
+                  logger='current', level=logging.WARNING)
+        return None
+    dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    for wrapper in _optim_wrapper_cfgs(cfg['optim_wrapper']):
+        kind = wrapper.get('type', 'OptimWrapper')
+        if kind not in ('OptimWrapper', 'AmpOptimWrapper'):
+            print_log(f'--amp: optim wrapper type {kind!r} is left unchanged.', logger='current',
+                      level=logging.WARNING)
+            continue
+        wrapper['type'] = 'AmpOptimWrapper'
+        wrapper.setdefault('loss_scale', 'dynamic')
+        wrapper['dtype'] = dtype
+    print_log(f'--amp: mixed precision with {dtype} autocast.', logger='current')
+    return dtype
+
