@@ -20,9 +20,7 @@ import logging
 import os
 import pickletools
 import zipfile
-from contextlib import contextmanager, suppress
-from typing import IO, Any, Dict, Iterator, List, Optional, Union
-from uuid import uuid4
+from typing import Any, Dict, List, Union
 
 import numpy as np
 import torch
@@ -31,10 +29,11 @@ from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import CheckpointLoader
 
+from ..fileio import PathLike, atomic_open
+
 TRUST_ENV = 'OPENTAD_LORA_TRUST_CHECKPOINTS'
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
-PathLike = Union[str, 'os.PathLike[str]']
 
 
 class CheckpointError(RuntimeError):
@@ -175,50 +174,6 @@ def load_from_local_safe(filename: str, map_location: Any = None) -> Dict[str, A
 def register_safe_checkpoint_loader() -> None:
     """Make :func:`load_from_local_safe` MMEngine's loader for local paths (replaces ``load_from_local``)."""
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safe, force=True)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Persist a rename: fsync the folder (a no-op where folders cannot be opened, e.g. Windows)."""
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextmanager
-def atomic_open(path: PathLike, mode: str = 'wb', encoding: Optional[str] = None) -> Iterator[IO]:
-    """Open ``path`` for writing so that it appears complete or not at all.
-
-    Writes go to a temporary file in the same folder; on success it is flushed, fsynced and renamed over ``path``
-    (``os.replace`` is atomic on POSIX and Windows). On an exception the temporary file is removed and ``path`` is
-    untouched. A process killed mid-write may leave a ``.<name>.<pid>.<id>.tmp`` file behind, never a partial
-    ``path``.
-
-    Args:
-        path: Destination file; its folder is created if needed.
-        mode: ``'wb'`` or ``'w'``.
-        encoding: Text encoding for ``'w'``.
-    """
-    if mode not in ('w', 'wb'):
-        raise ValueError(f'atomic_open only writes ("w" or "wb"), got mode={mode!r}.')
-    path = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f'.{os.path.basename(path)}.{os.getpid()}.{uuid4().hex[:8]}.tmp')
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
-    try:
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:

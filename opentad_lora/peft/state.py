@@ -5,8 +5,6 @@ name is not part of the key) and ``adapter_config.json`` with PEFT's ``LoraConfi
 we load PEFT's. Our own ``LoRAConfig`` (quantization and all) rides along in the safetensors metadata.
 """
 import json
-import os
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..fileio import atomic_open
 from .config import LoRAConfig
 from .inject import CONFIGS_ATTR, SAVE_FLAG, apply_lora, iter_lora_layers
 from .layers import LoRALayer
@@ -77,21 +76,6 @@ def peft_adapter_config(model: nn.Module, adapter_name: str = 'default') -> Dict
         base_model_name_or_path=cfg.base_model_name_or_path if cfg else None)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(model: nn.Module, out_dir: Union[str, Path], adapter_name: str = 'default') -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` (PEFT's format) to ``out_dir``."""
     from safetensors.torch import save
@@ -104,8 +88,10 @@ def save_adapter(model: nn.Module, out_dir: Union[str, Path], adapter_name: str 
     metadata = {'format': 'pt'}
     if own is not None:
         metadata[_METADATA_KEY] = json.dumps(own.to_dict())
-    _atomic_write(out_dir / WEIGHTS_NAME, lambda f: f.write(save(state, metadata=metadata)))
-    _atomic_write(out_dir / CONFIG_NAME, lambda f: f.write(json.dumps(config, indent=2).encode()))
+    with atomic_open(out_dir / WEIGHTS_NAME, 'wb') as handle:
+        handle.write(save(state, metadata=metadata))
+    with atomic_open(out_dir / CONFIG_NAME, 'w', encoding='utf-8') as handle:
+        json.dump(config, handle, indent=2)
     return out_dir
 
 
