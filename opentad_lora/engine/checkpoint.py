@@ -20,7 +20,7 @@ import logging
 import os
 import pickletools
 import zipfile
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
