@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up the environment (fresh machine: creates .venv) and run the whole test suite on CPU.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=tools/setup_env.sh
+source "$ROOT/tools/setup_env.sh"
+cd "$ROOT"
+python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
