@@ -1,2 +1,5 @@
 """Registered datasets and transforms, one subpackage per model family."""
 from . import classification  # noqa: F401
+from . import tad  # noqa: F401
+from . import hamer  # noqa: F401
+from . import clip  # noqa: F401

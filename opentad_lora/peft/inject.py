@@ -100,16 +100,49 @@ def _plan(model: nn.Module, cfg: LoRAConfig) -> Tuple[List[Tuple[str, nn.Module,
     for pattern, hits in hits_per_pattern.items():
         if hits == 0:
             errors.append(f'target {pattern!r} matches no module; closest names: {closest_names(pattern, names)}')
-    save_names = []
-    for pattern in cfg.modules_to_save:
-        found = [name for name in names if first_match(name, [pattern])]
-        if not found:
-            errors.append(f'modules_to_save {pattern!r} matches no module; '
-                          f'closest names: {closest_names(pattern, names)}')
-        save_names += found
+    save_names, save_errors = _resolve_modules_to_save(names, cfg.modules_to_save)
+    errors += save_errors
     if errors:
         raise ValueError(f'Invalid LoRA config for {type(model).__name__}:\n  - ' + '\n  - '.join(errors))
     return plan, save_names
+
+
+def _resolve_modules_to_save(names: List[str], patterns: List[str]) -> Tuple[List[str], List[str]]:
+    """Module names selected by ``patterns``, and one error line per pattern that selects nothing."""
+    found, errors = [], []
+    for pattern in patterns:
+        hits = [name for name in names if first_match(name, [pattern])]
+        if not hits:
+            errors.append(f'modules_to_save {pattern!r} matches no module; '
+                          f'closest names: {closest_names(pattern, names)}')
+        found += [name for name in hits if name not in found]
+    return found, errors
+
+
+def mark_modules_to_save(model: nn.Module, patterns: List[str]) -> List[str]:
+    """Train the modules selected by ``patterns`` in full and save them with every adapter (PEFT's
+    ``modules_to_save``), in place; for modules outside the part ``apply_lora`` was called on (a detector head, an
+    adapter added by a model family).
+
+    Returns:
+        The names of the marked modules.
+
+    Raises:
+        ValueError: before any change, if a pattern selects no module (the closest names are listed).
+    """
+    names = [name for name, _ in iter_candidate_modules(model)]
+    found, errors = _resolve_modules_to_save(names, list(patterns))
+    if errors:
+        raise ValueError(f'Invalid modules_to_save for {type(model).__name__}:\n  - ' + '\n  - '.join(errors))
+    _mark_saved(model, found)
+    return found
+
+
+def _mark_saved(model: nn.Module, names: List[str]) -> None:
+    for name in names:
+        submodule = model.get_submodule(name)
+        setattr(submodule, SAVE_FLAG, True)
+        submodule.requires_grad_(True)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -157,10 +190,7 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
         param.requires_grad_(False)
     for _, layer in iter_lora_layers(model):  # an added adapter stays inactive until set_adapter (as in PEFT)
         layer.set_adapter(active or adapter_name)
-    for name in save_names:
-        submodule = model.get_submodule(name)
-        setattr(submodule, SAVE_FLAG, True)
-        submodule.requires_grad_(True)
+    _mark_saved(model, save_names)
     report.modules_to_save = save_names
     configs = getattr(model, CONFIGS_ATTR, None) or {}
     configs[adapter_name] = cfg

@@ -57,3 +57,29 @@ def test_info_counts_and_table():
     text = print_lora_info(model, print_fn=lines.append)
     assert lines == [text] and f"trainable params: {info['trainable']:,}" in text
     torch.testing.assert_close(torch.tensor(info['percent']), torch.tensor(100 * info['trainable'] / info['total']))
+
+
+def test_modules_marked_after_apply_lora_travel_with_the_adapter(tmp_path):
+    """A family's own trained modules (adapters, a detector head) are saved and restored with the adapter file."""
+    from opentad_lora.peft import mark_modules_to_save
+
+    model = nn.Sequential()
+    model.add_module('body', _mlp())
+    model.add_module('head', nn.Linear(4, 3))
+    apply_lora(model.body, dict(r=2, targets=['0']))
+    with pytest.raises(ValueError, match="'heads' matches no module"):
+        mark_modules_to_save(model, ['heads'])
+    assert mark_modules_to_save(model, ['head']) == ['head']
+    assert all(p.requires_grad for p in model.head.parameters())
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+        model.body[0].lora_B['default'].weight.normal_()
+    save_adapter(model, tmp_path)
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in fresh.parameters():
+            if param.requires_grad:
+                param.zero_()
+    load_adapter(fresh, tmp_path)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(fresh(x), model(x))

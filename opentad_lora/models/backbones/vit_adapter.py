@@ -226,10 +226,9 @@ class VisionTransformerQLoRA(VisionTransformerAdapter):
             raise ValueError(f'lora_cfg sets {clash}; use lora_r, lora_alpha, lora_dropout, lora_targets and '
                              'quantize_bits instead.')
         exclude: List[str] = [*extra.pop('exclude', []), 'patch_embed.proj', ADAPTER_PATTERN]
+        # The adapters train in full and are saved with the LoRA weights (PEFT's modules_to_save).
+        to_save = [*extra.pop('modules_to_save', []), *(['adapter'] if any(b.adapter is not None for b in self.blocks) else [])]
         cfg = dict(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=list(lora_targets),
-                   quantize_bits=quantize_bits, exclude=exclude, **extra)
+                   quantize_bits=quantize_bits, exclude=exclude, modules_to_save=to_save, **extra)
         self.lora_report = apply_lora(self, cfg)
-        for name, param in self.named_parameters():
-            if is_adapter_param(name):
-                param.requires_grad_(True)
         print_log(str(self.lora_report), logger='current')

@@ -1,0 +1,12 @@
+"""Temporal action detection data (AdaTAD family): OpenTAD-format annotations, OpenCV video reading, pipelines."""
+from .annotations import VideoAnnotation, load_annotations, load_class_map
+from .thumos import TADVideoDataset, ThumosPaddingDataset, ThumosSlidingDataset
+from .transforms import (CenterCrop, Flip, LoadFrames, PackTADInputs, PrepareVideoInfo, RandomCrop,
+                         RandomResizedCrop, Resize, ResizeShortSide, truncate_gt)
+from .video_reader import VideoReader
+
+__all__ = [
+    'VideoAnnotation', 'load_annotations', 'load_class_map', 'TADVideoDataset', 'ThumosPaddingDataset',
+    'ThumosSlidingDataset', 'PrepareVideoInfo', 'LoadFrames', 'ResizeShortSide', 'Resize', 'CenterCrop', 'RandomCrop',
+    'RandomResizedCrop', 'Flip', 'PackTADInputs', 'truncate_gt', 'VideoReader',
+]

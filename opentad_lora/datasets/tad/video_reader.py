@@ -1,0 +1,91 @@
+"""Read selected frames of a video with OpenCV, from an mp4 (any container OpenCV's FFmpeg reads) or a folder of
+pre-extracted frames (``img_00001.jpg``, ...). Frames come back as RGB uint8 ``(N, H, W, 3)``."""
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+
+class VideoReader:
+    """Random access to the frames of one video.
+
+    Args:
+        path: Video file, or a directory of frames.
+        filename_tmpl: Frame file name template inside a directory (OpenTAD/mmaction: ``img_{:05d}.jpg``).
+        start_index: Index of the first frame file (1 for ``img_00001.jpg``).
+
+    Raises:
+        FileNotFoundError: The video or frame folder does not exist.
+        IOError: OpenCV cannot open or decode it (one line naming the file).
+    """
+
+    def __init__(self, path: str, filename_tmpl: str = 'img_{:05d}.jpg', start_index: int = 1) -> None:
+        self.path = path
+        self.filename_tmpl = filename_tmpl
+        self.start_index = start_index
+        self.is_folder = osp.isdir(path)
+        if self.is_folder:
+            self._num_frames = len([f for f in os.listdir(path) if f.lower().endswith(('.jpg', '.jpeg', '.png'))])
+            if self._num_frames == 0:
+                raise IOError(f'frame folder has no images: {path}')
+        elif not osp.isfile(path):
+            raise FileNotFoundError(f'video not found: {path}')
+        else:
+            cap = cv2.VideoCapture(path)
+            ok = cap.isOpened()
+            self._num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
+            self.fps: Optional[float] = float(cap.get(cv2.CAP_PROP_FPS)) if ok else None
+            cap.release()
+            if not ok or self._num_frames <= 0:
+                raise IOError(f'cannot open video (corrupt or unsupported): {path}')
+
+    @property
+    def num_frames(self) -> int:
+        """Frame count reported by the container (or files in the folder)."""
+        return self._num_frames
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed), each clipped to the last frame, as RGB uint8."""
+        indices = np.clip(np.asarray(indices, dtype=np.int64), 0, self._num_frames - 1)
+        if len(indices) == 0:
+            raise ValueError(f'no frame indices requested from {self.path}')
+        wanted = np.unique(indices)
+        frames = self._read_folder(wanted) if self.is_folder else self._read_video(wanted)
+        lookup = {int(i): f for i, f in zip(wanted, frames)}
+        return np.stack([lookup[int(i)] for i in indices])
+
+    def _read_folder(self, wanted: np.ndarray) -> list:
+        frames = []
+        for index in wanted:
+            file = osp.join(self.path, self.filename_tmpl.format(int(index) + self.start_index))
+            image = cv2.imread(file, cv2.IMREAD_COLOR)
+            if image is None:
+                raise IOError(f'cannot read frame {file}')
+            frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return frames
+
+    def _read_video(self, wanted: np.ndarray) -> list:
+        """Seek once to the first wanted frame, then decode forward (skipping frames that are not wanted)."""
+        cap = cv2.VideoCapture(self.path)
+        if not cap.isOpened():
+            raise IOError(f'cannot open video (corrupt or unsupported): {self.path}')
+        frames, last = [], None
+        try:
+            position = int(wanted[0])
+            cap.set(cv2.CAP_PROP_POS_FRAMES, position)
+            for index in wanted:
+                while position < index:
+                    cap.grab()
+                    position += 1
+                ok, frame = cap.read()
+                position += 1
+                if ok:
+                    last = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                elif last is None:
+                    raise IOError(f'cannot decode frame {int(index)} of video {self.path}')
+                frames.append(last)  # a container that over-reports its length repeats the last decoded frame
+        finally:
+            cap.release()
+        return frames

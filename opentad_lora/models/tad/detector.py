@@ -1,0 +1,109 @@
+"""``TADDetector``: end-to-end temporal action detector (video backbone -> projection -> neck -> head)."""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+from torch import Tensor
+
+from opentad_lora.peft import has_lora, mark_modules_to_save
+from opentad_lora.registry import MODELS
+
+
+@MODELS.register_module()
+@MODELS.register_module(name='ActionFormer')
+class TADDetector(BaseModel):
+    """One-stage detector over a window of frames, OpenTAD's ``ActionFormer`` model in MMEngine form.
+
+    The backbone maps the clip ``(B, 3, T, H, W)`` to features ``(B, C, T')``. They are optionally resampled to
+    ``temporal_size`` steps (OpenTAD interpolates to the window length), turned into a pyramid by the projection and
+    neck, and decoded by the head. Coordinates: data samples give ground truth in snippets (sampled frames) from the
+    window start; grid step ``t`` covers snippets ``[t * s, (t + 1) * s)`` with ``s = T / T'`` and sits at its centre.
+    Predictions are returned per window in video seconds before NMS; the metric merges the windows of a video.
+
+    Args:
+        backbone: Video backbone config, e.g. ``VisionTransformerQLoRA``.
+        projection: ``Conv1DTransformerProj`` config.
+        neck: ``FPNIdentity`` config.
+        rpn_head: ``ActionFormerHead`` config (OpenTAD's key name).
+        temporal_size: Resample backbone features to this length (None keeps ``T'``).
+        test_cfg: ``dict(pre_nms_thresh=0.001, pre_nms_topk=2000, duration_thresh=0.05)``.
+        data_preprocessor: Default ``TADDataPreprocessor``.
+        init_cfg: MMEngine init config.
+    """
+
+    def __init__(self, backbone: dict, projection: dict, neck: dict, rpn_head: dict,
+                 temporal_size: Optional[int] = None, test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
+        preprocessor = data_preprocessor or dict(type='TADDataPreprocessor')
+        if isinstance(preprocessor, dict):  # built from our registry, so no default scope is needed
+            preprocessor = MODELS.build(preprocessor)
+        super().__init__(data_preprocessor=preprocessor, init_cfg=init_cfg)
+        self.backbone = MODELS.build(backbone)
+        self.projection = MODELS.build(projection)
+        self.neck = MODELS.build(neck)
+        self.rpn_head = MODELS.build(rpn_head)
+        if has_lora(self.backbone):  # the trained detector travels in the adapter files with the LoRA weights
+            mark_modules_to_save(self, ['projection', 'neck', 'rpn_head'])
+        self.temporal_size = temporal_size
+        self.test_cfg = {'pre_nms_thresh': 0.001, 'pre_nms_topk': 2000, 'duration_thresh': 0.05, **(test_cfg or {})}
+
+    def init_weights(self) -> None:
+        """Nothing to do: every part is initialised (and the backbone loaded from its file) at construction.
+
+        ``tools/test.py`` never calls this, so initialising here would make training and testing differ; MMEngine's
+        default would also fail on the packed uint8 tensors of a 4-bit base while logging init statistics.
+        """
+        self._is_init = True
+
+    @staticmethod
+    def _meta(data_samples: Sequence[BaseDataElement], key: str) -> List:
+        return [sample.metainfo[key] for sample in data_samples]
+
+    def extract_feat(self, inputs: Tensor, data_samples: Sequence[BaseDataElement]
+                     ) -> Tuple[List[Tensor], List[Tensor], float]:
+        """Pyramid features and masks of a batch, and the number of snippets per finest grid step."""
+        feats = self.backbone(inputs)
+        if self.temporal_size is not None and feats.shape[-1] != self.temporal_size:
+            feats = F.interpolate(feats, size=self.temporal_size, mode='linear', align_corners=False)
+        snippets_per_step = inputs.shape[2] / feats.shape[-1]
+        steps = torch.arange(feats.shape[-1], device=feats.device)
+        valid_len = torch.tensor(self._meta(data_samples, 'valid_len'), device=feats.device)
+        mask = steps[None] * snippets_per_step < valid_len[:, None]
+        feats, masks = self.projection(feats, mask)
+        feats, masks = self.neck(feats, masks)
+        return feats, masks, snippets_per_step
+
+    def forward(self, inputs: Tensor, data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor') -> Union[Dict[str, Tensor], List[BaseDataElement], Tuple]:
+        """``'loss'``: dict of losses; ``'predict'``: data samples with predictions; ``'tensor'``: head outputs."""
+        if data_samples is None:
+            data_samples = [BaseDataElement(metainfo=dict(valid_len=inputs.shape[2])) for _ in range(len(inputs))]
+        feats, masks, step = self.extract_feat(inputs, data_samples)
+        if mode == 'tensor':
+            return self.rpn_head(feats, masks)
+        if mode == 'loss':
+            gt_segments = [sample.gt_segments.float() / step - 0.5 for sample in data_samples]
+            gt_labels = [sample.gt_labels for sample in data_samples]
+            return self.rpn_head.loss(feats, masks, gt_segments, gt_labels)
+        if mode == 'predict':
+            return self._to_seconds(self.rpn_head.predict(feats, masks, **self.test_cfg), data_samples, step)
+        raise ValueError(f'TADDetector: unknown mode {mode!r}; use "loss", "predict" or "tensor"')
+
+    @staticmethod
+    def _to_seconds(detections: Sequence[Tuple[Tensor, Tensor, Tensor]], data_samples: Sequence[BaseDataElement],
+                    step: float) -> List[BaseDataElement]:
+        """Map grid units to video seconds, clipped to the valid part of the window and the video."""
+        outputs = []
+        for (segments, scores, labels), sample in zip(detections, data_samples):
+            meta = sample.metainfo
+            snippets = ((segments + 0.5) * step).clamp(0, meta['valid_len'])
+            frames = meta['window_start_frame'] + snippets * meta['sample_stride']
+            seconds = (frames / meta['fps']).clamp(0, meta['duration'])
+            out = BaseDataElement(metainfo=dict(meta))
+            out.pred_segments = seconds.cpu()
+            out.pred_scores = scores.cpu()
+            out.pred_labels = labels.cpu()
+            outputs.append(out)
+        return outputs

@@ -1,0 +1,65 @@
+"""Losses of the one-stage TAD head: sigmoid focal loss (classes) and distance-IoU loss (boundary offsets)."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from opentad_lora.registry import MODELS
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Element-wise focal loss of Lin et al. (2017) on independent sigmoid outputs (no reduction).
+
+    ``loss = alpha_t * (1 - p_t)^gamma * BCE(logits, targets)`` with ``p_t = p*t + (1-p)*(1-t)`` and
+    ``alpha_t = alpha*t + (1-alpha)*(1-t)``; ``alpha < 0`` disables the class balancing.
+    """
+    prob = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss
+
+
+def diou_loss_1d(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Distance-IoU loss of 1-D segments given as (left, right) distances from a common point (no reduction).
+
+    ``1 - IoU + rho^2 / c^2`` where ``rho`` is the distance between the two segment centres and ``c`` the length of
+    the smallest segment enclosing both (Zheng et al., 2020, in one dimension as in ActionFormer).
+
+    Args:
+        pred: ``(N, 2)`` non-negative predicted distances to the start and end.
+        target: ``(N, 2)`` ground-truth distances.
+    """
+    pred_left, pred_right = pred.unbind(-1)
+    gt_left, gt_right = target.unbind(-1)
+    inter = torch.minimum(pred_left, gt_left) + torch.minimum(pred_right, gt_right)
+    union = (pred_left + pred_right) + (gt_left + gt_right) - inter
+    iou = inter / union.clamp(min=eps)
+    enclosing = torch.maximum(pred_left, gt_left) + torch.maximum(pred_right, gt_right)
+    centre_distance = 0.5 * ((pred_right - pred_left) - (gt_right - gt_left))
+    return 1.0 - iou + centre_distance.pow(2) / enclosing.pow(2).clamp(min=eps)
+
+
+@MODELS.register_module()
+class FocalLoss(nn.Module):
+    """Summed :func:`sigmoid_focal_loss` times ``loss_weight``."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.alpha, self.gamma, self.loss_weight = alpha, gamma, loss_weight
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return self.loss_weight * sigmoid_focal_loss(logits, targets, self.alpha, self.gamma).sum()
+
+
+@MODELS.register_module()
+class DIOULoss(nn.Module):
+    """Summed :func:`diou_loss_1d` times ``loss_weight`` (OpenTAD's name)."""
+
+    def __init__(self, loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self.loss_weight * diou_loss_1d(pred, target).sum()
