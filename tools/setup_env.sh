@@ -28,4 +28,9 @@ CONSTRAINTS="$VENV/torch-constraint.txt"
 python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > "$CONSTRAINTS"
 echo "[setup] installing opentad_lora[$EXTRAS] (torch pinned: $(cat "$CONSTRAINTS"))"
 python -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[$EXTRAS]" 2> >(grep -v 'is ignored: it is neither' >&2)
+# Packages needed only for a data file they ship, installed without their dependencies (open-clip-torch carries
+# CLIP's BPE vocabulary but depends on torchvision, which has no CPU build here): never imported by us.
+if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",clip,"* ]]; then
+    python -m pip install -q --no-deps open-clip-torch 2> >(grep -v 'is ignored: it is neither' >&2)
+fi
 python -c 'import opentad_lora, torch, mmengine; print(f"[setup] opentad_lora {opentad_lora.__version__}, torch {torch.__version__}, mmengine {mmengine.__version__}")'
