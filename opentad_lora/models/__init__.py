@@ -2,5 +2,6 @@
 from . import backbones, classification, layers  # noqa: F401
 from . import tad  # noqa: F401
 from . import hamer  # noqa: F401
+from . import depth  # noqa: F401
 from . import clip  # noqa: F401
 from . import lora_model  # noqa: F401

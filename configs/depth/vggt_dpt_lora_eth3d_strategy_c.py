@@ -1,0 +1,16 @@
+# VGGT-1B fine-tuned on ETH3D, strategy C: LoRA on frame/global blocks 0-23 + depth head + camera head
+# (the DINOv2 patch embedding stays frozen, as in the seed).
+# r=16, alpha=32, dropout 0.1; AdamW with the seed's lr, 10% warm-up + cosine; loss 2.0*camera + 5.0*depth terms.
+#   python tools/train.py configs/depth/vggt_dpt_lora_eth3d_strategy_c.py
+#   python tools/test.py configs/depth/vggt_dpt_lora_eth3d_strategy_c.py \
+#       work_dirs/vggt_dpt_lora_eth3d_strategy_c/epoch_20.pth --show-dir vis
+_base_ = [
+    './_base_/vggt_1b.py',
+    './_base_/eth3d_multiview.py',
+    './_base_/schedule.py',
+    './_base_/lora_strategies.py',
+    './_base_/depth_runtime.py',
+]
+
+model = dict(lora=_base_.lora_strategy_c)
+optim_wrapper = dict(optimizer=dict(lr=_base_.lr_strategy_c))
