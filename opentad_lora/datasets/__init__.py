@@ -4,3 +4,4 @@ from . import tad  # noqa: F401
 from . import hamer  # noqa: F401
 from . import depth  # noqa: F401
 from . import clip  # noqa: F401
+from . import cad  # noqa: F401

@@ -3,3 +3,4 @@ from . import classification  # noqa: F401
 from . import tad  # noqa: F401
 from . import hamer  # noqa: F401
 from . import depth  # noqa: F401
+from . import cad  # noqa: F401

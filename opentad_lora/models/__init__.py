@@ -5,3 +5,4 @@ from . import hamer  # noqa: F401
 from . import depth  # noqa: F401
 from . import clip  # noqa: F401
 from . import lora_model  # noqa: F401
+from . import cad  # noqa: F401

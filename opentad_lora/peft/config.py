@@ -37,7 +37,8 @@ class LoRAConfig:
             Only ``nn.Linear`` bases are quantized; targeted convolutions stay in float.
         quant_type: ``'nf4'`` or ``'fp4'`` for 4-bit bases.
         double_quant: Quantize the 4-bit absmax constants too (QLoRA's double quantization).
-        compute_dtype: dtype of the 4-bit matmul and of the LoRA weights of quantized layers; None keeps float32.
+        compute_dtype: dtype the quantized bases are stored and dequantized in (the 4-bit matmul dtype); None keeps
+            float32. LoRA weights are always kept in float32; they compute in the activation/autocast dtype.
         rank_pattern: ``{pattern: r}`` overrides; the first matching pattern wins.
         alpha_pattern: ``{pattern: alpha}`` overrides; the first matching pattern wins.
         modules_to_save: Patterns of modules trained in full and saved with the adapter (e.g. a new head).

@@ -3,7 +3,7 @@ from typing import Any, Callable, Dict
 
 from torch import nn
 
-from .inject import SAVE_FLAG, count_parameters, iter_lora_layers
+from .inject import count_parameters, iter_lora_layers, saved_module_names
 from .quant import quantized_bits
 
 
@@ -22,13 +22,13 @@ def get_lora_info(model: nn.Module) -> Dict[str, Any]:
             continue
         rows.append(dict(
             name=name, base_type=type(layer.base_layer).__name__,
-            shape=tuple(layer.delta_weight(adapter).shape[:2]), adapter=adapter, r=layer.r[adapter],
+            shape=(layer.lora_B[adapter].weight.shape[0], layer.lora_A[adapter].weight.shape[1]), adapter=adapter,
+            r=layer.r[adapter],
             alpha=layer.lora_alpha[adapter],
             lora_params=layer.lora_A[adapter].weight.numel() + layer.lora_B[adapter].weight.numel(),
             quantize_bits=quantized_bits(layer.base_layer), merged=layer.merged))
-    saved = [name for name, m in model.named_modules() if getattr(m, SAVE_FLAG, False)]
     return dict(trainable=trainable, total=total, percent=100.0 * trainable / max(total, 1), rows=rows,
-                modules_to_save=saved)
+                modules_to_save=saved_module_names(model))
 
 
 def format_lora_info(info: Dict[str, Any]) -> str:

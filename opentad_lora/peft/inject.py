@@ -138,6 +138,11 @@ def mark_modules_to_save(model: nn.Module, patterns: List[str]) -> List[str]:
     return found
 
 
+def saved_module_names(model: nn.Module) -> List[str]:
+    """Names of the modules of ``model`` that are trained in full and saved with the adapters."""
+    return [name for name, module in model.named_modules() if getattr(module, SAVE_FLAG, False)]
+
+
 def _mark_saved(model: nn.Module, names: List[str]) -> None:
     for name in names:
         submodule = model.get_submodule(name)
@@ -182,8 +187,7 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
                 base = quantize_linear(base, cfg.quantize_bits, cfg.quant_type, cfg.double_quant, compute_dtype)
             module = lora_layer_class(base)(base)
             _set_submodule(model, name, module)
-        lora_dtype = compute_dtype if is_quantized(module.base_layer) else None
-        module.update_layer(adapter_name, rank, alpha, cfg.dropout, cfg.use_rslora, cfg.init, dtype=lora_dtype)
+        module.update_layer(adapter_name, rank, alpha, cfg.dropout, cfg.use_rslora, cfg.init)
         report.wrapped[name] = dict(type=type(module.base_layer).__name__, r=rank, alpha=alpha,
                                     quantize_bits=cfg.quantize_bits if is_quantized(module.base_layer) else None)
     for param in model.parameters():

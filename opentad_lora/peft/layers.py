@@ -43,14 +43,16 @@ class LoRALayer(nn.Module):
         raise NotImplementedError
 
     def update_layer(self, adapter_name: str, r: int, alpha: float, dropout: float = 0.0,
-                     use_rslora: bool = False, init: str = 'zero_b', dtype: Optional[torch.dtype] = None) -> None:
-        """Add (or replace) the adapter ``adapter_name``; the first adapter of a layer becomes the active one."""
+                     use_rslora: bool = False, init: str = 'zero_b', dtype: torch.dtype = torch.float32) -> None:
+        """Add (or replace) the adapter ``adapter_name``; the first adapter of a layer becomes the active one.
+
+        A and B are kept in float32 whatever the base dtype (as PEFT's ``autocast_adapter_dtype``): the forward
+        computes in the activation/autocast dtype, and small optimizer steps are not rounded away.
+        """
         lora_a, lora_b = self._make_pair(r)
-        ref = self._reference_weight()
-        if dtype is None:
-            dtype = ref.dtype if ref.is_floating_point() else torch.float32
-        self.lora_A[adapter_name] = lora_a.to(device=ref.device, dtype=dtype)
-        self.lora_B[adapter_name] = lora_b.to(device=ref.device, dtype=dtype)
+        device = self.base_layer.weight.device
+        self.lora_A[adapter_name] = lora_a.to(device=device, dtype=dtype)
+        self.lora_B[adapter_name] = lora_b.to(device=device, dtype=dtype)
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
         self.use_rslora[adapter_name] = use_rslora
@@ -69,9 +71,6 @@ class LoRALayer(nn.Module):
         else:
             nn.init.kaiming_uniform_(weight_a, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B[adapter_name].weight)
-
-    def _reference_weight(self) -> Tensor:
-        return self.base_layer.weight
 
     # -- adapters ----------------------------------------------------------------------------------------------
     @property
@@ -173,13 +172,6 @@ class LoRALinear(LoRALayer):
 
     def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
         return nn.Linear(self.in_features, r, bias=False), nn.Linear(r, self.out_features, bias=False)
-
-    def _reference_weight(self) -> Tensor:
-        weight = self.base_layer.weight
-        if is_quantized(self.base_layer):
-            compute = getattr(self.base_layer, 'compute_dtype', None)
-            return torch.empty(0, device=weight.device, dtype=compute or torch.float32)
-        return weight
 
     def _dequantize(self, dtype: torch.dtype) -> Tensor:
         return dequantize_weight(self.base_layer, dtype)

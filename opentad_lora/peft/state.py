@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..fileio import atomic_open
 from .config import LoRAConfig
-from .inject import CONFIGS_ATTR, SAVE_FLAG, apply_lora, iter_lora_layers
+from .inject import CONFIGS_ATTR, apply_lora, iter_lora_layers, saved_module_names
 from .layers import LoRALayer
 from .quant import dequantize_linear, is_quantized
 
@@ -26,7 +26,7 @@ _METADATA_KEY = 'opentad_lora_config'
 
 
 def _saved_modules(model: nn.Module) -> Dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if getattr(m, SAVE_FLAG, False)}
+    return {name: model.get_submodule(name) for name in saved_module_names(model)}
 
 
 def lora_state_dict(model: nn.Module, adapter_name: str = 'default') -> Dict[str, Tensor]:

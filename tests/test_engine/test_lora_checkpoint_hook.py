@@ -133,3 +133,20 @@ def test_merged_export_of_a_4bit_model_is_float():
     assert all(v.dtype == torch.float32 for v in state.values())
     torch.testing.assert_close(plain(x), model(x), rtol=1e-4, atol=1e-4)
     assert type(model[0]).__name__ == 'LoRALinear'  # the training model keeps its LoRA layers
+
+
+def test_a_model_with_its_own_merged_format_writes_it(tmp_path):
+    """save_merged defers to ``model.export_merged(out_dir)`` when the model has one (CAD-Recode's HF layout)."""
+    from opentad_lora.engine import save_merged_model
+
+    class OwnFormat(nn.Sequential):
+        def export_merged(self, out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / 'config.json').write_text('{}')
+            return out_dir
+
+    model = OwnFormat(nn.Linear(4, 4))
+    apply_lora(model, dict(r=2, targets=['0']))
+    written = save_merged_model(model, tmp_path / 'merged_model')
+    assert written == tmp_path / 'merged_model' and (written / 'config.json').is_file()
+    assert not (written / 'model.pth').exists()
