@@ -8,11 +8,15 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _seed_and_clean_mmengine():
-    """Seed all RNGs before a test; clear MMEngine's process-wide singletons after it (as RunnerTestCase does)."""
+    """Seed all RNGs and use one torch thread in a test; clear MMEngine's process-wide singletons after it (as
+    RunnerTestCase does). Test tensors are tiny: a second intra-op thread costs more than it gives."""
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     try:
         from mmengine.logging import MessageHub, MMLogger
         from mmengine.registry import DefaultScope

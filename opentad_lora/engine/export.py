@@ -41,14 +41,7 @@ def merged_state_dict(model: nn.Module) -> Dict[str, Tensor]:
 
 
 def save_merged_model(model: nn.Module, out_dir: Union[str, Path], filename: str = MERGED_FILENAME) -> Path:
-    """Write the merged model to ``out_dir``; returns the file or folder written.
-
-    A model that defines ``export_merged(out_dir)`` writes its own format there (e.g. CAD-Recode's HF layout);
-    any other model gets :func:`merged_state_dict` atomically written to ``out_dir/filename``.
-    """
-    root = adapter_root(model)
-    if callable(getattr(root, 'export_merged', None)):
-        return Path(root.export_merged(out_dir))
+    """Atomically write :func:`merged_state_dict` to ``out_dir/filename``; returns the file path."""
     path = Path(out_dir) / filename
     os.makedirs(path.parent, exist_ok=True)
     atomic_torch_save(merged_state_dict(model), path)

@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Dict, Optional, Set
 
 from mmengine.dist import master_only
@@ -14,7 +15,7 @@ from torch import nn
 
 from opentad_lora.peft import has_lora, trainable_state_dict
 from opentad_lora.registry import HOOKS
-from .export import save_adapter_folder, save_merged_model
+from .export import adapter_root, save_adapter_folder, save_merged_model
 
 STEP_DIR = 'lora_weights_step_{:06d}'
 FINAL_DIR = 'final_lora_weights'
@@ -142,5 +143,9 @@ class LoRACheckpointHook(Hook):
             path = save_adapter_folder(model, os.path.join(out_dir, FINAL_DIR), self.adapter_name)
             print_log(f'Saved final LoRA adapter to {path}', logger='current')
         if self.save_merged:
-            path = save_merged_model(model, os.path.join(out_dir, MERGED_DIR))
-            print_log(f'Saved merged model state dict to {path}', logger='current')
+            root = adapter_root(model)
+            if callable(getattr(root, 'export_merged', None)):  # a model with its own format (CAD-Recode: HF)
+                path = root.export_merged(Path(out_dir) / MERGED_DIR)
+            else:
+                path = save_merged_model(model, os.path.join(out_dir, MERGED_DIR))
+            print_log(f'Saved merged model to {path}', logger='current')

@@ -137,7 +137,6 @@ def test_merged_export_of_a_4bit_model_is_float():
 
 def test_a_model_with_its_own_merged_format_writes_it(tmp_path):
     """save_merged defers to ``model.export_merged(out_dir)`` when the model has one (CAD-Recode's HF layout)."""
-    from opentad_lora.engine import save_merged_model
 
     class OwnFormat(nn.Sequential):
         def export_merged(self, out_dir):
@@ -147,6 +146,6 @@ def test_a_model_with_its_own_merged_format_writes_it(tmp_path):
 
     model = OwnFormat(nn.Linear(4, 4))
     apply_lora(model, dict(r=2, targets=['0']))
-    written = save_merged_model(model, tmp_path / 'merged_model')
-    assert written == tmp_path / 'merged_model' and (written / 'config.json').is_file()
-    assert not (written / 'model.pth').exists()
+    LoRACheckpointHook(save_final=False, save_merged=True).after_train(_runner(model, tmp_path))
+    assert (tmp_path / 'merged_model' / 'config.json').is_file()
+    assert not (tmp_path / 'merged_model' / 'model.pth').exists()

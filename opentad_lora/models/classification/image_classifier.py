@@ -1,14 +1,13 @@
 """Backbone + linear head image classifier, optionally with LoRA on the backbone."""
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
-import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 from opentad_lora.peft import LoRAConfig, apply_lora
 from opentad_lora.registry import MODELS
+from .outputs import classification_outputs
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -55,28 +54,4 @@ class ImageClassifier(BaseModel):
                 mode: str = 'tensor') -> Union[Tensor, Dict[str, Tensor], List[BaseDataElement]]:
         """``'tensor'``: logits (B, num_classes); ``'loss'``: ``dict(loss=...)``; ``'predict'``: data samples
         with ``pred_score`` (softmax), ``pred_label`` (and the input ``gt_label`` kept)."""
-        logits = self.head(self.backbone(inputs))
-        if mode == 'tensor':
-            return logits
-        if mode == 'loss':
-            return dict(loss=self.loss(logits, data_samples))
-        if mode == 'predict':
-            return self.predict(logits, data_samples)
-        raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}.")
-
-    def loss(self, logits: Tensor, data_samples: Sequence[BaseDataElement]) -> Tensor:
-        """Mean cross-entropy against the samples' ``gt_label``."""
-        if not data_samples:
-            raise ValueError("mode='loss' needs data_samples carrying gt_label.")
-        labels = torch.stack([s.gt_label for s in data_samples]).to(logits.device).reshape(-1)
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-
-    def predict(self, logits: Tensor, data_samples: Optional[Sequence[BaseDataElement]] = None
-                ) -> List[BaseDataElement]:
-        """One data sample per image with ``pred_score`` (C,) and ``pred_label`` ()."""
-        scores = logits.float().softmax(dim=1)
-        samples = list(data_samples) if data_samples else [BaseDataElement() for _ in range(len(logits))]
-        for sample, score in zip(samples, scores):
-            sample.pred_score = score
-            sample.pred_label = score.argmax()
-        return samples
+        return classification_outputs(self.head(self.backbone(inputs)), data_samples, mode, self.label_smoothing)

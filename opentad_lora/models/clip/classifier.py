@@ -8,6 +8,7 @@ from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
 from opentad_lora.registry import MODELS
+from ..classification.outputs import classification_outputs
 from .tokenizer import CLIPTokenizer
 
 # OpenAI CLIP's normalisation (RGB), on the 0-255 scale of uint8 inputs.
@@ -90,18 +91,4 @@ class CLIPClassifier(BaseModel):
         (softmax) and ``pred_label``."""
         image = self.clip.encode_image(inputs, normalize=True)
         logits = self.logit_scale().to(image) * image @ self.class_embeddings().to(image).t()
-        if mode == 'tensor':
-            return logits
-        if mode == 'loss':
-            if not data_samples:
-                raise ValueError("mode='loss' needs data_samples carrying gt_label.")
-            labels = torch.stack([s.gt_label for s in data_samples]).to(logits.device).reshape(-1)
-            return dict(loss=F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing))
-        if mode == 'predict':
-            scores = logits.float().softmax(dim=1)
-            samples = list(data_samples) if data_samples else [BaseDataElement() for _ in range(len(logits))]
-            for sample, score in zip(samples, scores):
-                sample.pred_score = score
-                sample.pred_label = score.argmax()
-            return samples
-        raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}.")
+        return classification_outputs(logits, data_samples, mode, self.label_smoothing)

@@ -1,6 +1,5 @@
 """Tiny CAD-Recode fixtures: four short synthetic programs, their tokenizer and a tiny Qwen2 built from a config."""
 import pytest
-import torch
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
@@ -52,11 +51,3 @@ def make_lora():
     """``make_lora(**overrides)``: LoRA r=8 on the seven Qwen2 projections."""
     return lora_cfg
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread is faster than two fighting over a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
