@@ -5,12 +5,12 @@
 #   VENV        where the environment lives            (default: .venv in the repository root)
 #   TORCH_SPEC  the PyTorch requirement to install     (default: torch==2.13.0, the CPU build on our machines;
 #               on a CUDA machine use e.g. TORCH_SPEC="torch>=2.4" or install torch yourself first)
-#   EXTRAS      extras of setup.py to install           (default: all,tests)
+#   EXTRAS      extras of setup.py to install           (default: all,tests; empty: the runtime only)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
-EXTRAS="${EXTRAS:-all,tests}"
+EXTRAS="${EXTRAS-all,tests}"
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating virtual environment $VENV"
@@ -26,8 +26,9 @@ fi
 # Pin the installed torch so no other package can pull a different (e.g. CUDA) build.
 CONSTRAINTS="$VENV/torch-constraint.txt"
 python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > "$CONSTRAINTS"
-echo "[setup] installing opentad_lora[$EXTRAS] (torch pinned: $(cat "$CONSTRAINTS"))"
-python -m pip install -q -c "$CONSTRAINTS" -e "$ROOT[$EXTRAS]" 2> >(grep -v 'is ignored: it is neither' >&2)
+TARGET="$ROOT${EXTRAS:+[$EXTRAS]}"
+echo "[setup] installing opentad_lora${EXTRAS:+[$EXTRAS]} (torch pinned: $(cat "$CONSTRAINTS"))"
+python -m pip install -q -c "$CONSTRAINTS" -e "$TARGET" 2> >(grep -v 'is ignored: it is neither' >&2)
 # Packages needed only for a data file they ship, installed without their dependencies (open-clip-torch carries
 # CLIP's BPE vocabulary but depends on torchvision, which has no CPU build here): never imported by us.
 if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",clip,"* ]]; then
