@@ -19,9 +19,7 @@ from ``torch.cuda.max_memory_allocated`` (weights + optimizer state + activation
 import argparse
 import gc
 import json
-import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -32,6 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from opentad_lora.models.backbones.vit_adapter import (VisionTransformerAdapter,  # noqa: E402
                                                        VisionTransformerQLoRA, is_adapter_param)
+from step_timer import time_steps  # noqa: E402  (this folder, on sys.path when run as a script)
 
 ARCHS = dict(s='small', b='base', l='large', h='huge', g='giant')
 MODES = ('adapter', 'qlora4', 'qlora8', 'lora', 'full', 'peft_lora')
@@ -70,30 +69,9 @@ def cast_frozen_to_bf16(model: nn.Module) -> None:
 
 def measure(model: nn.Module, x: torch.Tensor, iters: int, warmup: int) -> Dict[str, Any]:
     """Median step time (ms) and peak memory (GiB, CUDA only) of forward + backward + AdamW."""
-    device = x.device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    cuda = device.type == 'cuda'
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(warmup + iters):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = model(x)
-        out.float().square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    return dict(step_ms=round(statistics.median(times) * 1e3, 1),
-                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-                trainable=sum(p.numel() for p in params))
+    seconds, peak = time_steps(model, x, iters, warmup)
+    return dict(step_ms=round(seconds * 1e3, 1), peak_gib=round(peak, 3) if peak is not None else None,
+                trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def environment(device: torch.device) -> Dict[str, Any]:

@@ -13,9 +13,7 @@ Prints one JSON line per mode; ``--cpu-smoke`` runs two tiny steps of every mode
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from opentad_lora.peft import apply_lora, merge_and_unload  # noqa: E402
+from step_timer import time_steps  # noqa: E402  (this folder, on sys.path when run as a script)
 
 ARCHS = {
     'vit_h': dict(img_size=(256, 192), patch_size=16, embed_dim=1280, depth=32, num_heads=16),
@@ -93,37 +92,6 @@ def prepare(mode: str, model: nn.Module, rank: int, device: str) -> nn.Module:
     return model
 
 
-def time_steps(model: nn.Module, x: torch.Tensor, iters: int, warmup: int, train: bool) -> tuple:
-    """Median step seconds and peak GiB of ``iters`` steps (after ``warmup``)."""
-    cuda = x.is_cuda
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4) if params and train else None
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + iters):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            if train:
-                out = model(x)
-            else:
-                with torch.no_grad():
-                    out = model(x)
-        if train:
-            out.float().pow(2).mean().backward()
-            if opt:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan')
-    return statistics.median(times), peak
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--arch', default='vit_b', choices=sorted(ARCHS))
@@ -152,7 +120,7 @@ def main() -> None:
         x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode == 'floor')
         try:
             seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not mode.startswith('infer'))
-            results[mode] = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2),
+            results[mode] = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2) if peak is not None else None,
                                  trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
         except Exception as err:  # one failing mode must not hide the others' numbers
             results[mode] = dict(error=f'{type(err).__name__}: {err}'[:300])

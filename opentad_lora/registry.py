@@ -60,3 +60,16 @@ VISUALIZERS = Registry('visualizer', parent=MMENGINE_VISUALIZERS, locations=['op
 VISBACKENDS = Registry('vis backend', parent=MMENGINE_VISBACKENDS, locations=['opentad_lora.visualization'])
 INFERENCERS = Registry('inferencer', parent=MMENGINE_INFERENCERS, locations=['opentad_lora.apis'])
 FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, locations=['opentad_lora.datasets'])
+
+
+def register_all_modules() -> None:
+    """Import every package of opentad_lora that registers modules (what scripts need before building a Runner).
+
+    The registries import their ``locations`` lazily on the first lookup; scripts that build from configs call this
+    once instead, so that every model, dataset, metric, hook and visualiser is registered up front.
+    """
+    import opentad_lora.datasets  # noqa: F401
+    import opentad_lora.engine  # noqa: F401
+    import opentad_lora.evaluation  # noqa: F401
+    import opentad_lora.models  # noqa: F401
+    import opentad_lora.visualization  # noqa: F401

@@ -20,9 +20,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-import opentad_lora.datasets  # noqa: E402,F401  (registers every module)
-import opentad_lora.evaluation  # noqa: E402,F401
-import opentad_lora.models  # noqa: E402,F401
+from opentad_lora.registry import register_all_modules  # noqa: E402
+
+register_all_modules()
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

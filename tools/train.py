@@ -23,12 +23,10 @@ import torch  # noqa: E402
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import opentad_lora.datasets  # noqa: E402,F401  (registers every module)
-import opentad_lora.evaluation  # noqa: E402,F401
-import opentad_lora.models  # noqa: E402,F401
-import opentad_lora.visualization  # noqa: E402,F401
 from opentad_lora.engine.runner_utils import setup_amp, setup_launcher  # noqa: E402
-from opentad_lora.registry import RUNNERS  # noqa: E402
+from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
+
+register_all_modules()
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -1,0 +1,41 @@
+"""The timed step every benchmark in this folder measures: median seconds and peak GPU memory of repeated steps.
+
+A training step is forward under bf16 autocast + ``backward`` of a mean-square loss + AdamW on the trainable
+parameters (none for the frozen floor, whose input requires grad instead); an inference step is the forward under
+``torch.no_grad``. The device is synchronised around every step, and the first ``warmup`` steps are not counted.
+"""
+import statistics
+import time
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def time_steps(model: nn.Module, x: torch.Tensor, iters: int, warmup: int,
+               train: bool = True) -> Tuple[float, Optional[float]]:
+    """``(median seconds per step, peak GiB since the first step or None on CPU)``."""
+    cuda = x.is_cuda
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4) if params and train else None
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(warmup + iters):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16), torch.set_grad_enabled(train):
+            out = model(x)
+        if train:
+            out.float().square().mean().backward()
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return statistics.median(times), peak
