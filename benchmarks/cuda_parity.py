@@ -17,16 +17,16 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
-def run_case(bits, autocast: bool, dropout: float) -> dict:
+def run_case(bits, autocast: bool, dropout: float, features=(1024, 4096)) -> dict:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(1024, 4096)).cuda()
+    model = torch.nn.Sequential(torch.nn.Linear(*features)).cuda()
     apply_lora(model, dict(r=16, alpha=32, targets=['0'], dropout=dropout, quantize_bits=bits,
                            compute_dtype='bf16' if bits else None))
     layer = model[0]
     with torch.no_grad():
         layer.lora_B['default'].weight.normal_(0, 0.02)
     layer.train()
-    x = torch.randn(8, 197, 1024, device='cuda', requires_grad=True)
+    x = torch.randn(8, 197, features[0], device='cuda', requires_grad=True)
     params = [x, layer.lora_A['default'].weight, layer.lora_B['default'].weight]
     outs, grads = [], []
     for fused in (True, False):
@@ -36,13 +36,14 @@ def run_case(bits, autocast: bool, dropout: float) -> dict:
             out = layer(x)
         grads.append(torch.autograd.grad(out.float().square().mean(), params))
         outs.append(out)
-    return dict(bits=bits, autocast=autocast, dropout=dropout, out=rel(outs[0], outs[1]),
+    return dict(bits=bits, autocast=autocast, dropout=dropout, features=features, out=rel(outs[0], outs[1]),
                 grad_x=rel(grads[0][0], grads[1][0]), grad_A=rel(grads[0][1], grads[1][1]),
                 grad_B=rel(grads[0][2], grads[1][2]))
 
 
 if __name__ == '__main__':
-    for bits in (None, 4, 8):
-        for autocast in (False, True):
-            for dropout in (0.0, 0.1):
-                print(json.dumps(run_case(bits, autocast, dropout)), flush=True)
+    for features in ((1024, 4096), (4096, 1024)):  # the wide forward GEMM, then the wide input-gradient GEMM
+        for bits in (None, 4, 8):
+            for autocast in (False, True):
+                for dropout in (0.0, 0.1):
+                    print(json.dumps(run_case(bits, autocast, dropout, features)), flush=True)

@@ -116,15 +116,15 @@ def main() -> None:
         torch.manual_seed(0)
         if device == 'cuda':
             torch.cuda.empty_cache()
-        model = prepare(mode, copy.deepcopy(reference), args.rank, device)
         x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode == 'floor')
         try:
+            model = prepare(mode, copy.deepcopy(reference), args.rank, device)
             seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not mode.startswith('infer'))
             results[mode] = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2) if peak is not None else None,
                                  trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
         except Exception as err:  # one failing mode must not hide the others' numbers
             results[mode] = dict(error=f'{type(err).__name__}: {err}'[:300])
-        del model
+        model = None
     floor = results.get('floor', {}).get('ms')
     infer = results.get('infer_base', {}).get('ms')
     for mode, row in results.items():

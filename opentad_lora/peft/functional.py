@@ -3,10 +3,18 @@
 Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with identical results:
 
 * ``lora_linear_reference``: plain autograd ops (what PEFT does). Every fast path is tested against it.
-* ``FusedLoRALinear``: one ``autograd.Function`` per layer. Forward runs the base GEMM and accumulates the low-rank
-  product into the same output (``addmm_``); backward computes ``g = dy @ B`` once and reuses it for both ``dx`` and
-  ``dA``; it saves only ``x`` (or the dropped-out ``x`` and its mask) and the rank-``r`` ``x @ A.T``. The frozen
-  base weight gets no gradient, so no activation is kept for it; its compute-dtype copy is kept as autocast would.
+* ``FusedLoRALinear``: one ``autograd.Function`` per layer. Backward computes ``g = dy @ B`` once and reuses it for
+  both ``dx`` and ``dA``; it saves only ``x`` (or the dropped-out ``x`` and its mask) and the rank-``r`` ``x @ A.T``.
+  The frozen base weight gets no gradient, so no activation is kept for it; its compute-dtype copy is kept as
+  autocast would.
+
+The low-rank product is added inside the base GEMM by concatenating along the reduction dimension:
+``x @ W.T + (x A.T) @ (s B).T == [x | x A.T] @ [W | s B].T`` and ``dy @ W + g @ A == [dy | g] @ [W ; A]``. One
+cuBLAS GEMM with ``K + r`` instead of ``K`` then writes the output once, where a separate ``addmm_`` reads and
+writes the whole output again. The concatenation costs one copy of ``x`` (or ``dy``), so it is used where the
+output is at least twice as wide as that operand; otherwise the low-rank product is ``addmm_``-ed into the
+output. Both forms take the same number of host-side operations,
+which matters as much as GPU time: eager LoRA steps are often bound by the host issuing kernels (RESULTS.md).
 
 For a quantized (QLoRA) base the same function takes a ``dequantize`` callable instead of a weight: the 4/8-bit
 weight is dequantized once per step to the compute dtype (weight-only quantization: activations stay in float).
@@ -52,22 +60,31 @@ class FusedLoRALinear(torch.autograd.Function):
                 scaling: float, dropout_p: float, training: bool,
                 dequantize: Optional[Callable[[torch.dtype], Tensor]] = None) -> Tensor:
         dtype = _compute_dtype(x)
+        in_features, rank = x.shape[-1], lora_a.shape[0]
         with torch.autocast(x.device.type, enabled=False):
-            x_c = x.to(dtype)
-            x2d = x_c.reshape(-1, x.shape[-1])
             # The compute-dtype weight is kept for backward, as autocast keeps its cast copy for a frozen layer:
             # no second cast or dequantization in backward, and no more memory than the frozen floor.
             base_weight = dequantize(dtype) if dequantize is not None else weight.to(dtype)
-            out = F.linear(x2d, base_weight, bias.to(dtype) if bias is not None else None)
+            bias_c = bias.to(dtype) if bias is not None else None
+            widen = base_weight.shape[0] >= 2 * in_features  # the output is the widest tensor: see above
+            x2d = x.reshape(-1, in_features).to(dtype)
             mask = None
             lora_in = x2d
             if dropout_p > 0.0 and training:
                 # native_dropout is what F.dropout runs (same RNG stream as the reference path and PEFT, on the
                 # same memory layout); it also returns the mask that backward needs.
-                lora_in, mask = torch.ops.aten.native_dropout(x_c, dropout_p, True)
+                lora_in, mask = torch.ops.aten.native_dropout(x.to(dtype), dropout_p, True)
                 lora_in, mask = lora_in.reshape(x2d.shape), mask.reshape(x2d.shape)
             xa = lora_in @ lora_a.to(dtype).t()  # (N, r): the only extra activation LoRA keeps
-            out.addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
+            if widen:  # [x | xa] @ [W | s B].T; x and xa are saved as views of the wide operand
+                x_wide = torch.cat([x2d, xa], dim=1)
+                weight_wide = torch.cat([base_weight, (lora_b * scaling).to(dtype)], dim=1)
+                out = F.linear(x_wide, weight_wide, bias_c)
+                xa, base_weight = x_wide[:, in_features:], weight_wide[:, :in_features]
+                if mask is None:
+                    lora_in = x_wide[:, :in_features]
+            else:
+                out = F.linear(x2d, base_weight, bias_c).addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
         ctx.save_for_backward(lora_in, xa, mask, base_weight, weight, bias, lora_a, lora_b)
         ctx.scaling, ctx.dtype, ctx.dropout_p, ctx.x_shape, ctx.x_dtype = scaling, dtype, dropout_p, x.shape, x.dtype
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -76,14 +93,20 @@ class FusedLoRALinear(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
         lora_in, xa, mask, base_weight, weight, bias, lora_a, lora_b = ctx.saved_tensors
         s, dtype = ctx.scaling, ctx.dtype
-        dy = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
+        out_features, rank = grad_out.shape[-1], lora_a.shape[0]
+        widen = ctx.needs_input_grad[0] and mask is None and base_weight.shape[1] >= 2 * out_features
+        dy = grad_out.reshape(-1, out_features).to(dtype)
         g = (dy @ lora_b.to(dtype)).mul_(s)  # (N, r), scaled once here and shared by dx and dA
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
-        if ctx.needs_input_grad[0]:
+        if widen:  # [dy | g] @ [W ; A]
+            grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, lora_a.to(dtype)], dim=0)
+        elif ctx.needs_input_grad[0]:
             grad_lora_in = g @ lora_a.to(dtype)
             if mask is not None:
                 grad_lora_in = grad_lora_in * mask * (1.0 / (1.0 - ctx.dropout_p))
-            grad_x = torch.addmm(grad_lora_in, dy, base_weight).reshape(ctx.x_shape).to(ctx.x_dtype)
+            grad_x = torch.addmm(grad_lora_in, dy, base_weight)
+        if grad_x is not None:
+            grad_x = grad_x.reshape(ctx.x_shape).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:  # a trainable base never meets dropout here (see can_fuse)
             grad_w = (dy.t() @ lora_in).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:

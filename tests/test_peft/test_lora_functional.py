@@ -86,3 +86,37 @@ def test_fused_quantized_base_matches_reference_on_the_dequantized_weight(bits):
     params = [x, lora.lora_A['default'].weight, lora.lora_B['default'].weight]
     for g_fused, g_ref in zip(_grads(fused, params), _grads(ref, params)):
         torch.testing.assert_close(g_fused, g_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('in_features, out_features', [(16, 40), (40, 16), (24, 24)])
+@pytest.mark.parametrize('dropout', [0.0, 0.3])
+def test_wide_gemm_paths_match_reference(in_features, out_features, dropout):
+    """[x | xA] @ [W | sB].T (output twice as wide as the input) and [dy | g] @ [W ; A] (input twice as wide as
+    the output) equal the three-op reference, with and without dropout."""
+    x = torch.randn(5, 3, in_features, requires_grad=True)
+    weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
+    lora_a = torch.randn(4, in_features, requires_grad=True)
+    lora_b = torch.randn(out_features, 4, requires_grad=True)
+    tensors = (x, weight, bias, lora_a, lora_b)
+    torch.manual_seed(1)
+    ref = lora_linear_reference(*tensors, scaling=1.5, dropout_p=dropout, training=True)
+    torch.manual_seed(1)
+    fused = lora_linear(*tensors, scaling=1.5, dropout_p=dropout, training=True)
+    saved_xa = fused.grad_fn.saved_tensors[1]  # a view into the wide [x | xA] operand when that path was taken
+    assert saved_xa.stride(0) == (in_features + 4 if out_features >= 2 * in_features else 4)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    for g_fused, g_ref in zip(_grads(fused, tensors), _grads(ref, tensors)):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-3, atol=1e-3)  # fp32 sums of ~1e3
+
+
+@pytest.mark.parametrize('out_features', [12, 40])
+def test_wide_gemm_under_autocast_matches_reference(out_features):
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    tensors = (x, torch.randn(out_features, 16), None, torch.randn(4, 16, requires_grad=True),
+               torch.randn(out_features, 4, requires_grad=True))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        fused = lora_linear(*tensors, scaling=0.5)
+        ref = lora_linear_reference(*tensors, scaling=0.5)
+    assert fused.grad_fn.saved_tensors[1].stride(0) == (16 + 4 if out_features == 40 else 4)
+    for got, want in zip((fused,) + _grads(fused, tensors), (ref,) + _grads(ref, tensors)):
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 1e-2  # bf16 rounding
