@@ -59,62 +59,64 @@ class FusedLoRALinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
                 scaling: float, dropout_p: float, training: bool,
                 dequantize: Optional[Callable[[torch.dtype], Tensor]] = None) -> Tensor:
+        # Every operand is cast to the compute dtype explicitly, so autocast (if on) has nothing left to do here;
+        # the body is kept short because eager LoRA steps are often bound by the host issuing kernels.
         dtype = _compute_dtype(x)
-        in_features, rank = x.shape[-1], lora_a.shape[0]
-        with torch.autocast(x.device.type, enabled=False):
-            # The compute-dtype weight is kept for backward, as autocast keeps its cast copy for a frozen layer:
-            # no second cast or dequantization in backward, and no more memory than the frozen floor.
-            base_weight = dequantize(dtype) if dequantize is not None else weight.to(dtype)
-            bias_c = bias.to(dtype) if bias is not None else None
-            widen = base_weight.shape[0] >= 2 * in_features  # the output is the widest tensor: see above
-            x2d = x.reshape(-1, in_features).to(dtype)
-            mask = None
-            lora_in = x2d
-            if dropout_p > 0.0 and training:
-                # native_dropout is what F.dropout runs (same RNG stream as the reference path and PEFT, on the
-                # same memory layout); it also returns the mask that backward needs.
-                lora_in, mask = torch.ops.aten.native_dropout(x.to(dtype), dropout_p, True)
-                lora_in, mask = lora_in.reshape(x2d.shape), mask.reshape(x2d.shape)
-            xa = lora_in @ lora_a.to(dtype).t()  # (N, r): the only extra activation LoRA keeps
-            if widen:  # [x | xa] @ [W | s B].T; x and xa are saved as views of the wide operand
-                x_wide = torch.cat([x2d, xa], dim=1)
-                weight_wide = torch.cat([base_weight, (lora_b * scaling).to(dtype)], dim=1)
-                out = F.linear(x_wide, weight_wide, bias_c)
-                xa, base_weight = x_wide[:, in_features:], weight_wide[:, :in_features]
-                if mask is None:
-                    lora_in = x_wide[:, :in_features]
-            else:
-                out = F.linear(x2d, base_weight, bias_c).addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
-        ctx.save_for_backward(lora_in, xa, mask, base_weight, weight, bias, lora_a, lora_b)
+        in_features = x.shape[-1]
+        # The compute-dtype weight is kept for backward, as autocast keeps its cast copy for a frozen layer:
+        # no second cast or dequantization in backward, and no more memory than the frozen floor.
+        base_weight = dequantize(dtype) if dequantize is not None else weight.to(dtype)
+        bias_c = bias.to(dtype) if bias is not None else None
+        a_c, b_c = lora_a.to(dtype), (lora_b * scaling).to(dtype)  # B is scaled once, here, for both passes
+        x2d = x.reshape(-1, in_features).to(dtype)
+        mask = None
+        lora_in = x2d
+        if dropout_p > 0.0 and training:
+            # native_dropout is what F.dropout runs (same RNG stream as the reference path and PEFT, on the same
+            # memory layout); it also returns the mask that backward needs.
+            lora_in, mask = torch.ops.aten.native_dropout(x.to(dtype), dropout_p, True)
+            lora_in, mask = lora_in.reshape(x2d.shape), mask.reshape(x2d.shape)
+        xa = lora_in @ a_c.t()  # (N, r): the only extra activation LoRA keeps
+        if base_weight.shape[0] >= 2 * in_features:  # the output is the widest tensor: [x | xa] @ [W | sB].T
+            x_wide = torch.cat([x2d, xa], dim=1)
+            weight_wide = torch.cat([base_weight, b_c], dim=1)
+            out = F.linear(x_wide, weight_wide, bias_c)
+            xa, base_weight = x_wide[:, in_features:], weight_wide[:, :in_features]  # saved as views
+            if mask is None:
+                lora_in = x_wide[:, :in_features]
+        else:
+            out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
+        ctx.save_for_backward(lora_in, xa, mask, base_weight, a_c, b_c)
         ctx.scaling, ctx.dtype, ctx.dropout_p, ctx.x_shape, ctx.x_dtype = scaling, dtype, dropout_p, x.shape, x.dtype
+        ctx.param_dtypes = [t.dtype if t is not None else None for t in (weight, bias, lora_a, lora_b)]
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        lora_in, xa, mask, base_weight, weight, bias, lora_a, lora_b = ctx.saved_tensors
-        s, dtype = ctx.scaling, ctx.dtype
-        out_features, rank = grad_out.shape[-1], lora_a.shape[0]
-        widen = ctx.needs_input_grad[0] and mask is None and base_weight.shape[1] >= 2 * out_features
-        dy = grad_out.reshape(-1, out_features).to(dtype)
-        g = (dy @ lora_b.to(dtype)).mul_(s)  # (N, r), scaled once here and shared by dx and dA
+        lora_in, xa, mask, base_weight, a_c, b_c = ctx.saved_tensors
+        weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.param_dtypes
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        out_features = grad_out.shape[-1]
+        dy = grad_out.reshape(-1, out_features).to(ctx.dtype)
+        g = dy @ b_c  # (N, r) = dy @ (s B), shared by dx and dA
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
-        if widen:  # [dy | g] @ [W ; A]
-            grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, lora_a.to(dtype)], dim=0)
-        elif ctx.needs_input_grad[0]:
-            grad_lora_in = g @ lora_a.to(dtype)
+        if need_x and mask is None and base_weight.shape[1] >= 2 * out_features:  # [dy | g] @ [W ; A]
+            grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, a_c], dim=0)
+        elif need_x:
+            grad_lora_in = g @ a_c
             if mask is not None:
                 grad_lora_in = grad_lora_in * mask * (1.0 / (1.0 - ctx.dropout_p))
             grad_x = torch.addmm(grad_lora_in, dy, base_weight)
         if grad_x is not None:
             grad_x = grad_x.reshape(ctx.x_shape).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:  # a trainable base never meets dropout here (see can_fuse)
-            grad_w = (dy.t() @ lora_in).to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = dy.sum(0).to(bias.dtype)
-        if ctx.needs_input_grad[3]:
-            grad_a = (g.t() @ lora_in).to(lora_a.dtype)
-        if ctx.needs_input_grad[4]:
-            grad_bb = (dy.t() @ xa).mul_(s).to(lora_b.dtype)
+        if need_w:  # a trainable base never meets dropout here (see can_fuse)
+            grad_w = (dy.t() @ lora_in).to(weight_dtype)
+        if need_bias:
+            grad_b = dy.sum(0).to(bias_dtype)
+        if need_a:
+            grad_a = (g.t() @ lora_in).to(a_dtype)
+        if need_b:
+            grad_bb = (dy.t() @ xa).mul_(ctx.scaling).to(b_dtype)
         return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
 
 
