@@ -1,4 +1,4 @@
-"""MMEngine glue: optimizer constructor, LoRA checkpoint hook, safe checkpoint loading, runner helpers.
+"""MMEngine glue: optimizer constructor, LoRA checkpoint hook, safe checkpoint loading, runner helpers, FSDP.
 
 Importing this package (the registry ``locations`` do it whenever a Runner builds one of our hooks or optimizer
 constructors, and ``opentad_lora.models`` imports it for the safe loader) installs the safe ``weights_only``
@@ -9,6 +9,7 @@ from .checkpoint import (MM_SAFE_GLOBALS, TRUST_ENV, AtomicLocalBackend, Checkpo
                          register_safe_checkpoint_loader)
 from .ddp import AnyDeviceDistributedDataParallel, init_cpu_process_group
 from .export import adapter_root, merged_state_dict, save_adapter_folder, save_merged_model
+from .fsdp import LoRAFSDPStrategy, lora_fsdp_auto_wrap_policy
 from .lora_checkpoint_hook import LoRACheckpointHook
 from .optim_constructor import LoRAOptimWrapperConstructor, format_param_groups, log_param_groups
 from .runner_utils import setup_amp, setup_launcher
@@ -21,5 +22,5 @@ __all__ = [
     'atomic_torch_save', 'enable_atomic_checkpoint_writes', 'load_checkpoint_file', 'register_safe_checkpoint_loader',
     'adapter_root', 'merged_state_dict', 'save_adapter_folder', 'save_merged_model', 'LoRACheckpointHook',
     'LoRAOptimWrapperConstructor', 'format_param_groups', 'log_param_groups', 'setup_amp', 'setup_launcher',
-    'AnyDeviceDistributedDataParallel', 'init_cpu_process_group',
+    'AnyDeviceDistributedDataParallel', 'init_cpu_process_group', 'LoRAFSDPStrategy', 'lora_fsdp_auto_wrap_policy',
 ]

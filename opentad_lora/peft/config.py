@@ -39,6 +39,8 @@ class LoRAConfig:
         double_quant: Quantize the 4-bit absmax constants too (QLoRA's double quantization).
         compute_dtype: dtype the quantized bases are stored and dequantized in (the 4-bit matmul dtype); None keeps
             float32. LoRA weights are always kept in float32; they compute in the activation/autocast dtype.
+        quant_storage: dtype that holds the packed 4-bit data (None: uint8). FSDP flattens a unit's parameters into
+            one float tensor, so under FSDP set it to the dtype of the other weights of the unit (e.g. float32).
         rank_pattern: ``{pattern: r}`` overrides; the first matching pattern wins.
         alpha_pattern: ``{pattern: alpha}`` overrides; the first matching pattern wins.
         modules_to_save: Patterns of modules trained in full and saved with the adapter (e.g. a new head).
@@ -56,6 +58,7 @@ class LoRAConfig:
     quant_type: str = 'nf4'
     double_quant: bool = True
     compute_dtype: Union[None, str, torch.dtype] = None
+    quant_storage: Union[None, str, torch.dtype] = None
     rank_pattern: Dict[str, int] = field(default_factory=dict)
     alpha_pattern: Dict[str, float] = field(default_factory=dict)
     modules_to_save: List[str] = field(default_factory=list)
@@ -120,6 +123,7 @@ class LoRAConfig:
         if self.init not in INIT_METHODS:
             raise ValueError(f'init must be one of {INIT_METHODS}, got {self.init!r}.')
         resolve_dtype(self.compute_dtype)
+        resolve_dtype(self.quant_storage)
         for pattern in [*self.targets, *self.exclude, *self.rank_pattern, *self.alpha_pattern, *self.modules_to_save]:
             compile_pattern(pattern)
         for pattern, rank in self.rank_pattern.items():
@@ -133,9 +137,14 @@ class LoRAConfig:
     def torch_compute_dtype(self) -> Optional[torch.dtype]:
         return resolve_dtype(self.compute_dtype)
 
+    @property
+    def torch_quant_storage(self) -> Optional[torch.dtype]:
+        return resolve_dtype(self.quant_storage)
+
     def to_dict(self) -> Dict[str, Any]:
         """A plain dict that ``LoRAConfig.build`` turns back into an equal config."""
         out = dataclasses.asdict(self)
-        if isinstance(out['compute_dtype'], torch.dtype):
-            out['compute_dtype'] = str(out['compute_dtype']).replace('torch.', '')
+        for key in ('compute_dtype', 'quant_storage'):
+            if isinstance(out[key], torch.dtype):
+                out[key] = str(out[key]).replace('torch.', '')
         return out

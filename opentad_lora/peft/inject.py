@@ -184,7 +184,8 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
         if not isinstance(module, LoRALayer):
             base = module
             if cfg.quantize_bits and lora_layer_class(base) is not LoRAConv and not is_quantized(base):
-                base = quantize_linear(base, cfg.quantize_bits, cfg.quant_type, cfg.double_quant, compute_dtype)
+                base = quantize_linear(base, cfg.quantize_bits, cfg.quant_type, cfg.double_quant, compute_dtype,
+                                       cfg.torch_quant_storage)
             module = lora_layer_class(base)(base)
             _set_submodule(model, name, module)
         module.update_layer(adapter_name, rank, alpha, cfg.dropout, cfg.use_rslora, cfg.init)

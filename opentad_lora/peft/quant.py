@@ -31,7 +31,8 @@ def quantized_bits(layer: nn.Module) -> Optional[int]:
 
 
 def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', double_quant: bool = True,
-                    compute_dtype: Optional[torch.dtype] = None) -> nn.Module:
+                    compute_dtype: Optional[torch.dtype] = None,
+                    quant_storage: Optional[torch.dtype] = None) -> nn.Module:
     """Return a frozen bitsandbytes copy of ``linear`` holding its weights quantized.
 
     Args:
@@ -40,6 +41,7 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
         quant_type: ``'nf4'`` or ``'fp4'`` (4-bit only).
         double_quant: Quantize the absmax statistics too (4-bit only).
         compute_dtype: dtype of the 4-bit matmul; None uses the input's dtype.
+        quant_storage: dtype holding the packed 4-bit data (None: uint8); a float dtype lets FSDP flatten it.
     """
     bnb = require_bitsandbytes()
     device = linear.weight.device
@@ -47,11 +49,12 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
     weight = linear.weight.data.detach().to('cpu', compute_dtype or torch.float32).contiguous()
     has_bias = linear.bias is not None
     if bits == 4:
+        storage = quant_storage or torch.uint8
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
                                   compute_dtype=compute_dtype, compress_statistics=double_quant,
-                                  quant_type=quant_type, device='cpu')
+                                  quant_type=quant_type, quant_storage=storage, device='cpu')
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type,
-                                         compress_statistics=double_quant, module=layer)
+                                         compress_statistics=double_quant, quant_storage=storage, module=layer)
         # On AVX512-BF16 CPUs bitsandbytes repacks the weight in place at the first no-grad eval forward, after
         # which training forwards fail and dequantize_4bit reads the wrong layout: keep the standard layout.
         layer.support_avx512bf16_for_cpu = False
@@ -71,8 +74,9 @@ def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> T
     bnb = require_bitsandbytes()
     bits = quantized_bits(layer)
     if bits == 4:
-        weight = layer.weight
-        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
+        # FSDP (use_orig_params) replaces the Params4bit by a plain view; the layer keeps the quantization state.
+        quant_state = getattr(layer.weight, 'quant_state', None) or layer.quant_state
+        return bnb.functional.dequantize_4bit(layer.weight.data, quant_state).to(dtype)
     if bits == 8:
         return layer.weight.data.to(dtype) * (_int8_scales(layer).to(dtype) / 127.0).unsqueeze(1)
     raise TypeError(f'{type(layer).__name__} is not a bitsandbytes quantized layer.')
@@ -107,5 +111,5 @@ def requantize_like(layer: nn.Module, weight: Tensor) -> nn.Module:
     bits = quantized_bits(layer)
     if bits == 4:
         return quantize_linear(float_layer, 4, layer.weight.quant_type, layer.weight.compress_statistics,
-                               layer.compute_dtype)
+                               layer.compute_dtype, layer.weight.dtype if layer.weight.dtype != torch.uint8 else None)
     return quantize_linear(float_layer, 8)
