@@ -138,3 +138,13 @@ def test_eval_forward_of_a_disabled_4bit_layer_keeps_training_working():
     model.train()
     model(torch.randn(2, 64, requires_grad=True)).sum().backward()
     assert model.fc1.lora_A['default'].weight.grad is not None
+
+
+def test_float_quant_storage_holds_the_same_4bit_weights():
+    """quant_storage (for FSDP) changes only the container dtype: same bytes, same dequantized weight."""
+    linear = torch.nn.Linear(64, 32)
+    packed_uint8 = quantize_linear(linear, 4)
+    packed_float = quantize_linear(linear, 4, quant_storage=torch.float32)
+    assert packed_float.weight.dtype == torch.float32
+    assert packed_float.weight.numel() * 4 == packed_uint8.weight.numel() == 64 * 32 // 2
+    torch.testing.assert_close(dequantize_weight(packed_float), dequantize_weight(packed_uint8), rtol=0, atol=0)
