@@ -16,7 +16,7 @@ from mmengine.dataset import pseudo_collate
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from opentad_lora.peft import iter_lora_layers
+from opentad_lora.peft import is_quantized, iter_lora_layers
 from .aggregation import METHODS, LoRALayout
 from .params import get_parameter_names, get_parameters, is_lora_param, set_parameters
 
@@ -67,7 +67,8 @@ class FederatedTask:
         """The model of the config (``cached``: reuse this process's copy; its state is reset by ``load_global``).
 
         Raises:
-            ValueError: if a non-LoRA tensor is trainable (it would never be synchronised).
+            ValueError: if a non-LoRA tensor is trainable (it would never be synchronised), or if
+                ``residual='base'`` meets a quantized base (a dense residual cannot be added to 4/8-bit weights).
         """
         key = json.dumps([self.cfg['model'], self.method, self.residual], sort_keys=True, default=str)
         if cached and key in _MODEL_CACHE:
@@ -84,6 +85,10 @@ class FederatedTask:
             raise ValueError(f'Federated LoRA exchanges LoRA tensors only, but {stray[:5]} are trainable too: '
                              'freeze them (no modules_to_save / full fine-tuning in federated runs).')
         if self.residual == 'base':  # W0, kept on the model: residuals are applied as W = W0 + s * residual
+            quantized = [name for name, layer in iter_lora_layers(model) if is_quantized(layer.base_layer)]
+            if quantized:
+                raise ValueError(f"federated.residual='base' adds dense residuals to the base weights, but {quantized[:3]} "
+                                 "have 4/8-bit bases: use residual='none' with QLoRA, or a float base.")
             model._federated_base_weights = {name: layer.base_layer.weight.detach().clone()
                                              for name, layer in iter_lora_layers(model)}
         if cached:

@@ -136,3 +136,12 @@ def test_federated_runs_reject_trainable_tensors_that_are_never_exchanged():
         FederatedTask(cfg).build_model()
     with pytest.raises(ValueError, match="'base' only with strategy='exact'"):
         FederatedTask(task_cfg('fedavg', 'base'))
+
+
+def test_residual_into_a_quantized_base_is_refused_with_the_alternative_named():
+    cfg = task_cfg('exact', 'base')
+    cfg['model']['lora']['quantize_bits'] = 4
+    with pytest.raises(ValueError, match="residual='none' with QLoRA"):
+        FederatedTask(cfg).build_model()
+    cfg['federated']['residual'] = 'none'
+    assert FederatedTask(cfg).build_model() is not None  # QLoRA with exact aggregation and no residual is fine
