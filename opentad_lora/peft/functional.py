@@ -12,9 +12,9 @@ The low-rank product is added inside the base GEMM by concatenating along the re
 ``x @ W.T + (x A.T) @ (s B).T == [x | x A.T] @ [W | s B].T`` and ``dy @ W + g @ A == [dy | g] @ [W ; A]``. One
 cuBLAS GEMM with ``K + r`` instead of ``K`` then writes the output once, where a separate ``addmm_`` reads and
 writes the whole output again. The concatenation costs one copy of ``x`` (or ``dy``), so it is used where the
-output is at least twice as wide as that operand; otherwise the low-rank product is ``addmm_``-ed into the
-output. Both forms take the same number of host-side operations,
-which matters as much as GPU time: eager LoRA steps are often bound by the host issuing kernels (RESULTS.md).
+output is at least twice as wide as that operand; otherwise the low-rank product is ``addmm_``-ed into the output.
+Both forms issue about as many host-side operations as each other, which matters as much as GPU time: eager LoRA
+steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 
 For a quantized (QLoRA) base the same function takes a ``dequantize`` callable instead of a weight: the 4/8-bit
 weight is dequantized once per step to the compute dtype (weight-only quantization: activations stay in float).
@@ -81,9 +81,9 @@ class FusedLoRALinear(torch.autograd.Function):
             x_wide = torch.cat([x2d, xa], dim=1)
             weight_wide = torch.cat([base_weight, b_c], dim=1)
             out = F.linear(x_wide, weight_wide, bias_c)
-            xa, base_weight = x_wide[:, in_features:], weight_wide[:, :in_features]  # saved as views
-            if mask is None:
-                lora_in = x_wide[:, :in_features]
+            base_weight = weight_wide[:, :in_features]
+            if mask is None:  # save x and xa as views of the wide operand (with dropout, x_wide is not kept)
+                lora_in, xa = x_wide[:, :in_features], x_wide[:, in_features:]
         else:
             out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
         ctx.save_for_backward(lora_in, xa, mask, base_weight, a_c, b_c)
