@@ -11,8 +11,8 @@ parameter, frozen part included (the PyTorch docs' caveat): the price of FSDP1 w
 
 :class:`LoRAFSDPStrategy` is MMEngine 0.10.7's ``FSDPStrategy`` with two fixes: it passes the optimizer state to
 ``FSDP.optim_state_dict_to_load`` by keyword (0.10.7 passes it positionally in the pre-2.1 argument order, so
-every resume failed on current torch), and it wraps on the device the model is on (0.10.7 always passes
-``device_id=LOCAL_RANK``, a CUDA index, so it could not run on CPU with gloo). On CPU it also turns off
+every resume failed on current torch), and it passes ``device_id`` as a device, ``cuda:LOCAL_RANK`` with CUDA and
+``cpu`` without (0.10.7 always passes the index ``LOCAL_RANK``, read as a CUDA device, so it could not run on CPU). On CPU it also turns off
 ``offload_to_cpu`` of the full state-dict configs, with which torch's FSDP1 crashes (SIGSEGV) on CPU tensors.
 
 Only config-built optimizers are supported (``optim_wrapper=dict(optimizer=...)``, the usual form); MMEngine's
@@ -69,11 +69,11 @@ class LoRAFSDPStrategy(FSDPStrategy):
         check_fsdp_dtypes(model)
         if self.model_wrapper is None:
             self.model_wrapper = dict(type='MMFullyShardedDataParallel')
+        on_cuda = torch.cuda.is_available()  # FSDP moves the (CPU-built) model to device_id itself
         if 'device_id' not in self.model_wrapper:
             local_rank = int(os.environ.get('LOCAL_RANK', 0))
-            on_cuda = any(p.is_cuda for p in model.parameters())
             self.model_wrapper['device_id'] = torch.device('cuda', local_rank) if on_cuda else torch.device('cpu')
-        if not any(p.is_cuda for p in model.parameters()):
+        if not on_cuda:
             for name in ('state_dict_config', 'optim_state_dict_config'):
                 config = getattr(self, name)
                 if getattr(config, 'offload_to_cpu', False):
