@@ -16,6 +16,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_last=True),
     # Sets the sampler epoch so shuffling differs per epoch and is reproducible (also under DDP).
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # Re-seeds python/numpy/torch at each epoch from (seed, epoch, rank): a resumed run draws the same dropout
+    # masks as an uninterrupted one (MMEngine saves no RNG state).
+    epoch_seed=dict(type='EpochSeedHook'),
 )
 
 env_cfg = dict(

@@ -45,6 +45,28 @@ def test_resume_equals_uninterrupted_training(tmp_path, make_runner):
     assert not torch.equal(initial_head, straight.model.head.weight)
 
 
+def _train_straight_and_resumed(tmp_path, make_runner, toy_net, hooks):
+    runs = {}
+    for name, epochs, extra in (('straight', 2, {}), ('first', 1, {}), ('resumed', 2, dict(
+            resume=True, load_from=str(tmp_path / 'first' / 'epoch_1.pth')))):
+        torch.manual_seed(0)
+        runner = make_runner(tmp_path / name, max_epochs=epochs, model=toy_net(dropout=0.3), default_hooks=hooks,
+                             val_dataloader=None, **extra)
+        runner.train()
+        runs[name] = runner
+    return runs['straight'].model.state_dict(), runs['resumed'].model.state_dict()
+
+
+def test_resume_with_lora_dropout_is_exact_with_the_epoch_seed_hook(tmp_path, make_runner, toy_net):
+    """Dropout draws differ after a plain resume (no RNG state in checkpoints); EpochSeedHook makes them equal."""
+    hooks = dict(logger=dict(type='LoggerHook', interval=1), checkpoint=dict(type='CheckpointHook', interval=1))
+    straight, resumed = _train_straight_and_resumed(tmp_path / 'plain', make_runner, toy_net, hooks)
+    assert not all(torch.equal(straight[k], resumed[k]) for k in straight)  # the control: masks differ
+    hooks['epoch_seed'] = dict(type='EpochSeedHook')
+    straight, resumed = _train_straight_and_resumed(tmp_path / 'seeded', make_runner, toy_net, hooks)
+    _assert_same(straight, resumed, 'model')
+
+
 def test_checkpoint_holds_trainable_tensors_and_training_state(tmp_path, make_runner):
     runner = make_runner(tmp_path, max_epochs=1)
     runner.train()

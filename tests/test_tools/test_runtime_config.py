@@ -16,7 +16,7 @@ def test_default_runtime_values():
     assert cfg.default_scope == 'opentad_lora'
     assert cfg.default_hooks.checkpoint == dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_last=True)
     assert set(cfg.default_hooks) == {'runtime_info', 'timer', 'logger', 'param_scheduler', 'checkpoint',
-                                      'sampler_seed'}
+                                      'sampler_seed', 'epoch_seed'}
     assert cfg.env_cfg.cudnn_benchmark is False and cfg.env_cfg.dist_cfg.backend == 'nccl'
     assert [b['type'] for b in cfg.visualizer.vis_backends] == ['LocalVisBackend', 'OptionalTensorboardVisBackend']
     assert 'custom_hooks' not in cfg  # the LoRA hook comes from lora_runtime.py only
