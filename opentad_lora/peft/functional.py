@@ -73,8 +73,9 @@ class FusedLoRALinear(torch.autograd.Function):
         lora_in = x2d
         if dropout_p > 0.0 and training:
             # native_dropout is what F.dropout runs (same RNG stream as the reference path and PEFT, on the same
-            # memory layout); it also returns the mask that backward needs.
-            lora_in, mask = torch.ops.aten.native_dropout(x.to(dtype), dropout_p, True)
+            # memory layout, hence x's own layout when x is not contiguous); it also returns the mask for backward.
+            source = x2d if x.is_contiguous() else x.to(dtype)
+            lora_in, mask = torch.ops.aten.native_dropout(source, dropout_p, True)
             lora_in, mask = lora_in.reshape(x2d.shape), mask.reshape(x2d.shape)
         xa = lora_in @ a_c.t()  # (N, r): the only extra activation LoRA keeps
         if base_weight.shape[0] >= 2 * in_features:  # the output is the widest tensor: [x | xa] @ [W | sB].T

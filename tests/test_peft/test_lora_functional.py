@@ -121,3 +121,19 @@ def test_wide_gemm_under_autocast_matches_reference(out_features):
     assert fused.grad_fn.saved_tensors[1].stride(0) == (16 + 4 if out_features == 40 else 4)
     for got, want in zip((fused,) + _grads(fused, tensors), (ref,) + _grads(ref, tensors)):
         assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 1e-2  # bf16 rounding
+
+
+@pytest.mark.parametrize('out_features', [12, 40])
+def test_dropout_under_autocast_draws_the_reference_mask(out_features):
+    """Under bf16 autocast the fused path draws dropout on its own bf16 copy of x; the mask must still be the one
+    the reference draws on float32 x (a different mask would be off by far more than bf16 rounding)."""
+    x = torch.randn(5, 3, 16, requires_grad=True)
+    tensors = (x, torch.randn(out_features, 16), torch.randn(out_features), torch.randn(4, 16, requires_grad=True),
+               torch.randn(out_features, 4, requires_grad=True))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        torch.manual_seed(3)
+        fused = lora_linear(*tensors, scaling=1.0, dropout_p=0.3, training=True)
+        torch.manual_seed(3)
+        ref = lora_linear_reference(*tensors, scaling=1.0, dropout_p=0.3, training=True)
+    for got, want in zip((fused,) + _grads(fused, tensors), (ref,) + _grads(ref, tensors)):
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
