@@ -12,8 +12,9 @@ parameter, frozen part included (the PyTorch docs' caveat): the price of FSDP1 w
 :class:`LoRAFSDPStrategy` is MMEngine 0.10.7's ``FSDPStrategy`` with two fixes: it passes the optimizer state to
 ``FSDP.optim_state_dict_to_load`` by keyword (0.10.7 passes it positionally in the pre-2.1 argument order, so
 every resume failed on current torch), and it passes ``device_id`` as a device, ``cuda:LOCAL_RANK`` with CUDA and
-``cpu`` without (0.10.7 always passes the index ``LOCAL_RANK``, read as a CUDA device, so it could not run on CPU). On CPU it also turns off
-``offload_to_cpu`` of the full state-dict configs, with which torch's FSDP1 crashes (SIGSEGV) on CPU tensors.
+``cpu`` without (0.10.7 always passes the index ``LOCAL_RANK``, read as a CUDA device, so it could not run on
+CPU). On CPU it also turns off ``offload_to_cpu`` of the full state-dict configs, with which torch's FSDP1 crashes
+(SIGSEGV) on CPU tensors.
 
 Only config-built optimizers are supported (``optim_wrapper=dict(optimizer=...)``, the usual form); MMEngine's
 re-sharding of an already-built optimizer keeps the positional call. Gradient clipping under FSDP1 clips by the

@@ -87,8 +87,9 @@ class FederatedTask:
         if self.residual == 'base':  # W0, kept on the model: residuals are applied as W = W0 + s * residual
             quantized = [name for name, layer in iter_lora_layers(model) if is_quantized(layer.base_layer)]
             if quantized:
-                raise ValueError(f"federated.residual='base' adds dense residuals to the base weights, but {quantized[:3]} "
-                                 "have 4/8-bit bases: use residual='none' with QLoRA, or a float base.")
+                raise ValueError(f"federated.residual='base' adds dense residuals to the base weights, but "
+                                 f"{quantized[:3]} have 4/8-bit bases: use residual='none' with QLoRA, or a float "
+                                 'base.')
             model._federated_base_weights = {name: layer.base_layer.weight.detach().clone()
                                              for name, layer in iter_lora_layers(model)}
         if cached:

@@ -75,7 +75,9 @@ def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> T
     bits = quantized_bits(layer)
     if bits == 4:
         # FSDP (use_orig_params) replaces the Params4bit by a plain view; the layer keeps the quantization state.
-        quant_state = getattr(layer.weight, 'quant_state', None) or layer.quant_state
+        quant_state = getattr(layer.weight, 'quant_state', None)
+        if quant_state is None:
+            quant_state = layer.quant_state
         return bnb.functional.dequantize_4bit(layer.weight.data, quant_state).to(dtype)
     if bits == 8:
         return layer.weight.data.to(dtype) * (_int8_scales(layer).to(dtype) / 127.0).unsqueeze(1)

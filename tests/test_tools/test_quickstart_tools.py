@@ -3,9 +3,10 @@
 One small data set and one 2-epoch run are shared by the module. Training runs as a user runs it (``python
 tools/train.py`` / ``torchrun`` subprocesses from the repository root, package not installed): accuracy above
 chance and adapter files; 1 epoch + ``--resume`` equals 2 epochs bit for bit; ``torchrun --nproc-per-node 2`` is
-one job of world size 2; the same holds under the experimental FSDP config (LoRA and QLoRA). The other tools run in-process through their ``main(argv)``: tools/test.py reproduces the
-validation accuracy; merge_lora's merged state dict (loaded into the model without LoRA) gives the LoRA model's
-outputs; print_lora_info prints the table.
+one job of world size 2; the experimental FSDP config trains (LoRA and QLoRA) and resumes bit for bit too. The
+other tools run in-process through their ``main(argv)``: tools/test.py reproduces the validation accuracy;
+merge_lora's merged state dict (loaded into the model without LoRA) gives the LoRA model's outputs; print_lora_info
+prints the table.
 """
 import json
 import os
