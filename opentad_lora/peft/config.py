@@ -122,8 +122,11 @@ class LoRAConfig:
             raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}.")
         if self.init not in INIT_METHODS:
             raise ValueError(f'init must be one of {INIT_METHODS}, got {self.init!r}.')
-        resolve_dtype(self.compute_dtype)
-        resolve_dtype(self.quant_storage)
+        for key in ('compute_dtype', 'quant_storage'):
+            try:
+                resolve_dtype(getattr(self, key))
+            except ValueError as err:
+                raise ValueError(f'LoRA config {key}: {err}') from None
         for pattern in [*self.targets, *self.exclude, *self.rank_pattern, *self.alpha_pattern, *self.modules_to_save]:
             compile_pattern(pattern)
         for pattern, rank in self.rank_pattern.items():

@@ -52,7 +52,8 @@ def test_closest_names_suggests_the_intended_module():
     (dict(r=0), 'rank r'), (dict(r=2.5), 'rank r'), (dict(alpha=0), 'alpha'), (dict(quantize_bits=3), 'quantize_bits'),
     (dict(dropout=1.0), 'dropout'), (dict(targets=[]), 'no targets'), (dict(quant_type='int4'), 'quant_type'),
     (dict(targets=['re:(']), 'regular expression'), (dict(targets=['blocks.5-2.qkv']), 'reversed'),
-    (dict(rank_pattern={'qkv': 0}), 'rank_pattern'),
+    (dict(rank_pattern={'qkv': 0}), 'rank_pattern'), (dict(compute_dtype='bf17'), 'compute_dtype'),
+    (dict(quant_storage='float33'), 'quant_storage'),
 ])
 def test_invalid_config_values_raise(overrides, message):
     cfg = dict(r=4, alpha=8, targets=['qkv'])
