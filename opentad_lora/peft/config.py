@@ -41,6 +41,9 @@ class LoRAConfig:
             float32. LoRA weights are always kept in float32; they compute in the activation/autocast dtype.
         quant_storage: dtype that holds the packed 4-bit data (None: uint8). FSDP flattens a unit's parameters into
             one float tensor, so under FSDP set it to the dtype of the other weights of the unit (e.g. float32).
+        keep_dequantized: Keep each quantized base's dequantized weight from forward until backward instead of
+            dequantizing it again there: one dequantization less per layer and step, for a compute-dtype copy of
+            every quantized weight held through the step (what QLoRA is meant to avoid). Off by default.
         rank_pattern: ``{pattern: r}`` overrides; the first matching pattern wins.
         alpha_pattern: ``{pattern: alpha}`` overrides; the first matching pattern wins.
         modules_to_save: Patterns of modules trained in full and saved with the adapter (e.g. a new head).
@@ -59,6 +62,7 @@ class LoRAConfig:
     double_quant: bool = True
     compute_dtype: Union[None, str, torch.dtype] = None
     quant_storage: Union[None, str, torch.dtype] = None
+    keep_dequantized: bool = False
     rank_pattern: Dict[str, int] = field(default_factory=dict)
     alpha_pattern: Dict[str, float] = field(default_factory=dict)
     modules_to_save: List[str] = field(default_factory=list)

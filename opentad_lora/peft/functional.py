@@ -4,9 +4,11 @@ Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with ide
 
 * ``lora_linear_reference``: plain autograd ops (what PEFT does). Every fast path is tested against it.
 * ``FusedLoRALinear``: one ``autograd.Function`` per layer. Backward computes ``g = dy @ B`` once and reuses it for
-  both ``dx`` and ``dA``; it saves only ``x`` (or the dropped-out ``x`` and its mask) and the rank-``r`` ``x @ A.T``.
-  The frozen base weight gets no gradient, so no activation is kept for it; its compute-dtype copy is kept as
-  autocast would.
+  both ``dx`` and ``dA``; it saves only ``x`` (shared by the layers that read the same tensor) and the rank-``r``
+  ``dropout(x) @ A.T``. With dropout it keeps the generator state, not the mask nor the dropped-out copy, and draws
+  the mask again in backward: LoRA dropout costs no memory. The frozen base weight gets no gradient, so no
+  activation is kept for it; a float base's compute-dtype copy is kept as autocast would, a quantized base is
+  dequantized again in backward as bitsandbytes does.
 
 The low-rank product is added inside the base GEMM by concatenating along the reduction dimension:
 ``x @ W.T + (x A.T) @ (s B).T == [x | x A.T] @ [W | s B].T`` and ``dy @ W + g @ A == [dy | g] @ [W ; A]``. One
@@ -17,8 +19,10 @@ Both forms issue about as many host-side operations as each other, which matters
 steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 
 For a quantized (QLoRA) base the same function takes a ``dequantize`` callable instead of a weight: the 4/8-bit
-weight is dequantized once per step to the compute dtype (weight-only quantization: activations stay in float).
+weight is dequantized to the compute dtype in forward and again in backward (weight-only quantization: activations
+stay in float), so no dequantized weight outlives its GEMM unless ``keep_dequantized`` asks for it.
 """
+import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -49,76 +53,147 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+class _CastCache:
+    """The last compute-dtype copy of an input, so layers that read the same tensor (q/k/v, gate/up) save ONE copy.
+
+    Holds weak references only: an entry lives as long as some layer keeps the copy for backward, and a tensor
+    changed in place (its version moves) is cast again.
+    """
+
+    def __init__(self) -> None:
+        self._entry: Optional[Tuple[weakref.ref, int, torch.dtype, weakref.ref]] = None
+
+    def __call__(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        if x.dtype == dtype:
+            return x
+        entry = self._entry
+        if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2] == dtype:
+            cast = entry[3]()
+            if cast is not None:
+                return cast
+        cast = x.to(dtype)
+        self._entry = (weakref.ref(x), x._version, dtype, weakref.ref(cast))
+        return cast
+
+
+_cast_once = _CastCache()
+
+
+def _rng_state(device: torch.device) -> Optional[Tensor]:
+    """The state dropout draws from on ``device``; None where it cannot be restored (then the mask is kept)."""
+    if device.type == 'cuda':
+        return torch.cuda.get_rng_state(device)
+    if device.type == 'cpu':
+        return torch.get_rng_state()
+    return None
+
+
+def _set_rng_state(state: Tensor, device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def _redraw_dropout(source: Tensor, dropout_p: float, state: Tensor) -> Tuple[Tensor, Tensor]:
+    """``native_dropout(source)`` drawn again from forward's generator ``state``; the generator itself is untouched."""
+    current = _rng_state(source.device)
+    _set_rng_state(state, source.device)
+    try:
+        return torch.ops.aten.native_dropout(source, dropout_p, True)
+    finally:
+        _set_rng_state(current, source.device)
+
+
 class FusedLoRALinear(torch.autograd.Function):
     """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward.
 
-    ``weight`` is the base weight, or None together with ``dequantize(dtype) -> Tensor`` for a quantized base.
+    ``weight`` is the base weight, or None together with ``dequantize(dtype) -> Tensor`` for a quantized base, whose
+    dequantized weight is made again in backward (as bitsandbytes does) unless ``keep_dequantized``.
+
+    Saved for backward: the compute-dtype input (the caller's own tensor when no cast is needed, one shared cast copy
+    otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout the generator state instead of the mask and the
+    dropped-out copy: backward draws the same mask again, so dropout costs no activation memory.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
                 scaling: float, dropout_p: float, training: bool,
-                dequantize: Optional[Callable[[torch.dtype], Tensor]] = None) -> Tensor:
+                dequantize: Optional[Callable[[torch.dtype], Tensor]] = None,
+                keep_dequantized: bool = False) -> Tensor:
         # Every operand is cast to the compute dtype explicitly, so autocast (if on) has nothing left to do here;
         # the body is kept short because eager LoRA steps are often bound by the host issuing kernels.
         dtype = _compute_dtype(x)
         in_features = x.shape[-1]
-        # The compute-dtype weight is kept for backward, as autocast keeps its cast copy for a frozen layer:
-        # no second cast or dequantization in backward, and no more memory than the frozen floor.
         base_weight = dequantize(dtype) if dequantize is not None else weight.to(dtype)
         bias_c = bias.to(dtype) if bias is not None else None
         a_c, b_c = lora_a.to(dtype), (lora_b * scaling).to(dtype)  # B is scaled once, here, for both passes
-        x2d = x.reshape(-1, in_features).to(dtype)
-        mask = None
-        lora_in = x2d
+        # The input in the compute dtype, in x's own layout: dropout draws its mask in that layout (the reference's
+        # and PEFT's stream), and a contiguous x of that dtype is saved as is, shared with every layer reading it.
+        source = _cast_once(x, dtype)
+        x2d = source.reshape(-1, in_features)
+        lora_in, mask, rng_state = x2d, None, None
         if dropout_p > 0.0 and training:
-            # native_dropout is what F.dropout runs (same RNG stream as the reference path and PEFT, on the same
-            # memory layout, hence x's own layout when x is not contiguous); it also returns the mask for backward.
-            source = x2d if x.is_contiguous() else x.to(dtype)
+            rng_state = _rng_state(x.device)
             lora_in, mask = torch.ops.aten.native_dropout(source, dropout_p, True)
-            lora_in, mask = lora_in.reshape(x2d.shape), mask.reshape(x2d.shape)
+            lora_in = lora_in.reshape(x2d.shape)
+            if rng_state is not None:
+                mask = None  # drawn again in backward
         xa = lora_in @ a_c.t()  # (N, r): the only extra activation LoRA keeps
         if base_weight.shape[0] >= 2 * in_features:  # the output is the widest tensor: [x | xa] @ [W | sB].T
-            x_wide = torch.cat([x2d, xa], dim=1)
-            weight_wide = torch.cat([base_weight, b_c], dim=1)
-            out = F.linear(x_wide, weight_wide, bias_c)
-            base_weight = weight_wide[:, :in_features]
-            if mask is None:  # save x and xa as views of the wide operand (with dropout, x_wide is not kept)
-                lora_in, xa = x_wide[:, :in_features], x_wide[:, in_features:]
+            out = F.linear(torch.cat([x2d, xa], dim=1), torch.cat([base_weight, b_c], dim=1), bias_c)
         else:
             out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
-        ctx.save_for_backward(lora_in, xa, mask, base_weight, a_c, b_c)
-        ctx.meta = (scaling, dtype, dropout_p, x.shape, x.dtype, weight.dtype if weight is not None else None,
-                    bias.dtype if bias is not None else None, lora_a.dtype, lora_b.dtype)  # one attribute: cheaper
+        kept_weight = base_weight if dequantize is None or keep_dequantized else None
+        ctx.save_for_backward(source, xa, mask, rng_state, kept_weight, a_c, b_c)
+        ctx.dequantize = dequantize
+        ctx.meta = (scaling, dtype, dropout_p if training else 0.0, x.shape, x.dtype,  # one attribute: cheaper
+                    weight.dtype if weight is not None else None, bias.dtype if bias is not None else None,
+                    lora_a.dtype, lora_b.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        lora_in, xa, mask, base_weight, a_c, b_c = ctx.saved_tensors
+        source, xa, mask, rng_state, base_weight, a_c, b_c = ctx.saved_tensors
         scaling, dtype, dropout_p, x_shape, x_dtype, weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.meta
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        if base_weight is None and need_x:
+            base_weight = ctx.dequantize(dtype)
+        x2d = source.reshape(-1, source.shape[-1])
         out_features = grad_out.shape[-1]
         dy = grad_out.reshape(-1, out_features).to(dtype)
         g = dy @ b_c  # (N, r) = dy @ (s B), shared by dx and dA
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
-        if need_x and mask is None and base_weight.shape[1] >= 2 * out_features:  # [dy | g] @ [W ; A]
-            grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, a_c], dim=0)
-        elif need_x:
-            grad_lora_in = g @ a_c
-            if mask is not None:
-                grad_lora_in = grad_lora_in * mask * (1.0 / (1.0 - dropout_p))
-            grad_x = torch.addmm(grad_lora_in, dy, base_weight)
+        # With dropout the (N, K) temporaries come one at a time, each freed before the next: this backward runs
+        # first in a checkpointed block, while everything the block saved is still alive (the step's peak).
+        if rng_state is not None or mask is not None:
+            if rng_state is not None:
+                lora_in, mask = _redraw_dropout(source, dropout_p, rng_state)
+            else:
+                lora_in = source * mask * (1.0 / (1.0 - dropout_p))
+            if need_a:
+                grad_a = (g.t() @ lora_in.reshape(x2d.shape)).to(a_dtype)
+            del lora_in
+            if need_x:
+                grad_x = ((g * (1.0 / (1.0 - dropout_p))) @ a_c).mul_(mask.reshape(x2d.shape))
+                del mask
+                grad_x = grad_x.addmm_(dy, base_weight)
+        else:
+            if need_a:
+                grad_a = (g.t() @ x2d).to(a_dtype)
+            if need_x and base_weight.shape[1] >= 2 * out_features:  # [dy | g] @ [W ; A]
+                grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, a_c], dim=0)
+            elif need_x:
+                grad_x = (g @ a_c).addmm_(dy, base_weight)
         if grad_x is not None:
             grad_x = grad_x.reshape(x_shape).to(x_dtype)
         if need_w:  # a trainable base never meets dropout here (see can_fuse)
-            grad_w = (dy.t() @ lora_in).to(weight_dtype)
+            grad_w = (dy.t() @ x2d).to(weight_dtype)
         if need_bias:
             grad_b = dy.sum(0).to(bias_dtype)
-        if need_a:
-            grad_a = (g.t() @ lora_in).to(a_dtype)
         if need_b:
             grad_bb = (dy.t() @ xa).mul_(scaling).to(b_dtype)
-        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
+        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None, None
 
 
 def can_fuse(weight: Tensor, dropout_p: float, training: bool) -> bool:
@@ -130,16 +205,21 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tenso
                 dropout_p: float = 0.0, training: bool = False, fused: bool = True) -> Tensor:
     """LoRA linear forward for a float base; the fused path where it applies, else the reference path."""
     if fused and can_fuse(weight, dropout_p, training):
-        return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training, None)
+        return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training, None, False)
     return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 
 
 def qlora_linear(x: Tensor, dequantize: Callable[[torch.dtype], Tensor], bias: Optional[Tensor], lora_a: Tensor,
                  lora_b: Tensor, scaling: float, dropout_p: float = 0.0, training: bool = False,
-                 fused: bool = True) -> Tensor:
-    """LoRA linear forward for a quantized base given by ``dequantize(dtype)``; fused unless ``fused=False``."""
+                 fused: bool = True, keep_dequantized: bool = False) -> Tensor:
+    """LoRA linear forward for a quantized base given by ``dequantize(dtype)``; fused unless ``fused=False``.
+
+    ``keep_dequantized`` keeps the dequantized weight from forward to backward instead of dequantizing again: one
+    dequantization less per step, at the cost of a compute-dtype copy of every layer's weight held until backward.
+    """
     if fused:
-        return FusedLoRALinear.apply(x, None, bias, lora_a, lora_b, scaling, dropout_p, training, dequantize)
+        return FusedLoRALinear.apply(x, None, bias, lora_a, lora_b, scaling, dropout_p, training, dequantize,
+                                     keep_dequantized)
     weight = dequantize(_compute_dtype(x))
     return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Tuple, Union
 from torch import nn
 
 from .config import LoRAConfig
-from .layers import LoRAConv, LoRALayer, lora_layer_class
+from .layers import LoRAConv, LoRALayer, LoRALinear, lora_layer_class
 from .quant import is_quantized, quantize_linear
 from .targets import closest_names, first_match
 
@@ -189,6 +189,8 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
             module = lora_layer_class(base)(base)
             _set_submodule(model, name, module)
         module.update_layer(adapter_name, rank, alpha, cfg.dropout, cfg.use_rslora, cfg.init)
+        if isinstance(module, LoRALinear):
+            module.keep_dequantized = cfg.keep_dequantized
         report.wrapped[name] = dict(type=type(module.base_layer).__name__, r=rank, alpha=alpha,
                                     quantize_bits=cfg.quantize_bits if is_quantized(module.base_layer) else None)
     for param in model.parameters():

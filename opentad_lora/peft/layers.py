@@ -169,6 +169,7 @@ class LoRALinear(LoRALayer):
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
         self.fused = fused  # False forces the reference autograd path (for comparisons)
+        self.keep_dequantized = False  # see LoRAConfig.keep_dequantized
 
     def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
         return nn.Linear(self.in_features, r, bias=False), nn.Linear(r, self.out_features, bias=False)
@@ -188,7 +189,7 @@ class LoRALinear(LoRALayer):
         scaling, dropout_p = self.scaling[name], self.dropout_p[name]
         if is_quantized(self.base_layer):
             return LF.qlora_linear(x, self._dequantize, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
-                                   self.training, fused=self.fused)
+                                   self.training, fused=self.fused, keep_dequantized=self.keep_dequantized)
         return LF.lora_linear(x, self.base_layer.weight, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
                               self.training, fused=self.fused)
 
