@@ -18,6 +18,7 @@ from opentad_lora.engine.checkpoint import load_checkpoint_file
 from opentad_lora.peft import apply_lora
 from opentad_lora.registry import MODELS
 from ..layers import checkpoint_call, drop_path_rates
+from ..layers.compressed_checkpoint import STORAGES
 from .tad_adapters import PlainAdapter, TemporalAdapter
 from .video_vit import ARCHS, TubeletEmbed, VideoMAEBlock, resize_video_pos_embed, videomae_sincos_table
 from .vit_pretrained import extract_state_dict
@@ -59,6 +60,9 @@ class VisionTransformerAdapter(nn.Module):
         drop_path_rate: Stochastic depth of the last block (linear from 0).
         norm_cfg: ``dict(type='LN', eps=...)``; only LayerNorm is supported.
         with_cp: Checkpoint each block (with its adapter), non-reentrant, so activation memory is one block's.
+        checkpoint_storage: The memory-saving mode for long windows: ``'bf16'`` or ``'fp8'`` stores each block's
+            checkpointed input compressed (forward stays exact; backward recomputes from the compressed input, see
+            :mod:`opentad_lora.models.layers.compressed_checkpoint`). None (default) stores it exactly.
         total_frames: Frames of the window the model is built for (checked in forward); None accepts any multiple
             of ``num_frames``.
         adapter_index: Blocks followed by an adapter; None = all, ``[]`` = none (the plain frozen ViT).
@@ -78,6 +82,7 @@ class VisionTransformerAdapter(nn.Module):
                  depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4, qkv_bias: bool = True,
                  num_frames: int = 16, tubelet_size: int = 2, drop_path_rate: float = 0.1,
                  norm_cfg: Optional[Mapping[str, Any]] = None, with_cp: bool = True,
+                 checkpoint_storage: Optional[str] = None,
                  total_frames: Optional[int] = 768, adapter_index: Optional[Sequence[int]] = None,
                  adapter_mlp_ratio: float = 0.25, use_plain_adapter: bool = False, pretrained: Optional[str] = None,
                  arch: Optional[str] = None, init_values: Optional[float] = None,
@@ -100,7 +105,9 @@ class VisionTransformerAdapter(nn.Module):
 
         self.embed_dims, self.patch_size, self.in_channels = embed_dims, patch_size, in_channels
         self.num_frames, self.tubelet_size, self.total_frames = num_frames, tubelet_size, total_frames
-        self.with_cp = with_cp
+        if checkpoint_storage is not None and (checkpoint_storage not in STORAGES or not with_cp):
+            raise ValueError(f'checkpoint_storage={checkpoint_storage!r} needs with_cp=True and one of {STORAGES}.')
+        self.with_cp, self.checkpoint_storage = with_cp, checkpoint_storage
         self.pretrain_grid = (img_size // patch_size, img_size // patch_size)
         self.chunk_steps = num_frames // tubelet_size
         self.patch_embed = TubeletEmbed(in_channels, embed_dims, patch_size, tubelet_size)
@@ -193,7 +200,7 @@ class VisionTransformerAdapter(nn.Module):
         tokens = tokens + pos_embed.to(tokens.dtype)
         grid = (steps, rows, cols)
         for block in self.blocks:
-            tokens = checkpoint_call(block, tokens, grid, enabled=self.with_cp)
+            tokens = checkpoint_call(block, tokens, grid, enabled=self.with_cp, storage=self.checkpoint_storage)
         feats = self.norm(tokens).reshape(batch, steps, rows * cols, channels).mean(2)
         return self.fc_norm(feats).transpose(1, 2)
 

@@ -4,16 +4,25 @@ Non-reentrant ``torch.utils.checkpoint`` works when the block input does not req
 embedding under LoRA), supports keyword arguments, and restores the RNG state on recomputation so dropout and drop
 path give identical outputs and gradients with and without checkpointing.
 """
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .compressed_checkpoint import compressed_checkpoint
 
-def checkpoint_call(function: Callable[..., Any], *args: Any, enabled: bool = True, **kwargs: Any) -> Any:
-    """``function(*args, **kwargs)``, recomputed in backward when ``enabled`` and autograd is recording."""
+
+def checkpoint_call(function: Callable[..., Any], *args: Any, enabled: bool = True, storage: Optional[str] = None,
+                    **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``, recomputed in backward when ``enabled`` and autograd is recording.
+
+    ``storage='bf16'|'fp8'`` keeps the first argument compressed for the recomputation (see
+    :mod:`.compressed_checkpoint`); None keeps it exact.
+    """
     if enabled and torch.is_grad_enabled():
+        if storage is not None:
+            return compressed_checkpoint(lambda x, *rest: function(x, *rest, **kwargs), *args, storage=storage)
         return checkpoint(function, *args, use_reentrant=False, **kwargs)
     return function(*args, **kwargs)
 
