@@ -8,12 +8,17 @@ Modes (all on our ``VisionTransformerAdapter``/``VisionTransformerQLoRA``, TIA a
 * ``full``: full fine-tuning (ViT and adapters);
 * ``peft_lora``: adapters + HF PEFT LoRA r16 on the same modules (the peer a user would pick; needs ``peft``).
 
+A mode may end in ``@bf16`` or ``@fp8``: the memory-saving mode, block inputs kept compressed for the
+recomputation (``checkpoint_storage``; needs ``--cp 1``), e.g. ``qlora4@fp8``. LoRA dropout is the seed's 0.1
+unless ``--lora-dropout`` says otherwise.
+
 Step = forward + backward + AdamW under bf16 autocast; median of ``--iters`` after ``--warmup`` steps; peak memory
 from ``torch.cuda.max_memory_allocated`` (weights + optimizer state + activations). One JSON line per
 (arch, checkpointing, mode), with ``time_vs_adapter`` / ``mem_vs_adapter`` when the baseline ran first.
 
     python benchmarks/adatad_memory.py                          # ViT-S and ViT-B, 768 frames, 160², cp on and off
     python benchmarks/adatad_memory.py --archs l,h --batch 1 --cp 1 --bf16-weights
+    python benchmarks/adatad_memory.py --archs g --batch 1 --cp 1 --bf16-weights --modes adapter,qlora4,qlora4@fp8
     python benchmarks/adatad_memory.py --tiny                   # CPU smoke test: tiny model, one step per mode
 """
 import argparse
@@ -38,21 +43,23 @@ TARGETS = ['qkv', 'proj', 'fc1', 'fc2']
 TINY = dict(img_size=32, patch_size=16, embed_dims=32, depth=2, num_heads=2, mlp_ratio=4, num_frames=8)
 
 
-def build(mode: str, arch: str, frames: int, with_cp: bool, tiny: bool) -> nn.Module:
+def build(mode: str, arch: str, frames: int, with_cp: bool, tiny: bool, lora_dropout: float) -> nn.Module:
     """The backbone of ``mode`` (float weights are random: memory and time do not depend on their values)."""
+    mode, _, storage = mode.partition('@')
     size = dict(TINY) if tiny else dict(arch=ARCHS[arch], img_size=224, num_frames=16)
-    common = dict(size, total_frames=frames, with_cp=with_cp, drop_path_rate=0.1)
+    common = dict(size, total_frames=frames, with_cp=with_cp, drop_path_rate=0.1, checkpoint_storage=storage or None)
     if mode.startswith('qlora') or mode == 'lora':
         bits = {'qlora4': 4, 'qlora8': 8, 'lora': None}[mode]
-        return VisionTransformerQLoRA(**common, lora_r=16, lora_alpha=32, lora_dropout=0.1, quantize_bits=bits,
-                                      lora_cfg=dict(compute_dtype='bf16') if bits == 4 else None)
+        return VisionTransformerQLoRA(**common, lora_r=16, lora_alpha=32, lora_dropout=lora_dropout,
+                                      quantize_bits=bits, lora_cfg=dict(compute_dtype='bf16') if bits == 4 else None)
     model = VisionTransformerAdapter(**common)
     if mode == 'full':
         model.requires_grad_(True)
     elif mode == 'peft_lora':
         from peft import LoraConfig, inject_adapter_in_model
         pattern = r'.*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)'
-        inject_adapter_in_model(LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, target_modules=pattern), model)
+        inject_adapter_in_model(LoraConfig(r=16, lora_alpha=32, lora_dropout=lora_dropout, target_modules=pattern),
+                                model)
         for name, param in model.named_parameters():
             param.requires_grad_(is_adapter_param(name) or 'lora_' in name)
     elif mode != 'adapter':
@@ -94,11 +101,11 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
             for mode in args.modes.split(','):
                 torch.manual_seed(0)
                 row = dict(arch=arch, frames=args.frames, img=args.img, batch=args.batch, cp=with_cp, mode=mode,
-                           bf16_weights=args.bf16_weights)
+                           bf16_weights=args.bf16_weights, lora_dropout=args.lora_dropout)
                 model = None
                 try:
                     with device:  # build (and quantize) on the device: ViT-g on CPU would take minutes
-                        model = build(mode, arch, args.frames, with_cp, args.tiny)
+                        model = build(mode, arch, args.frames, with_cp, args.tiny, args.lora_dropout)
                     if args.bf16_weights and mode != 'full':
                         cast_frozen_to_bf16(model)
                     model = model.to(device).train()
@@ -133,6 +140,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--modes', default='adapter,qlora4,qlora8,lora,full,peft_lora',
                         help=f'comma list of {MODES}; put adapter first to get the ratios')
     parser.add_argument('--cp', default='1,0', help='activation checkpointing: 1, 0 or 1,0')
+    parser.add_argument('--lora-dropout', type=float, default=0.1, help="LoRA dropout (the seed's 0.1)")
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--bf16-weights', action='store_true', help='keep frozen float weights in bf16')
