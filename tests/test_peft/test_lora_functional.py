@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from opentad_lora.peft import functional as LF
 from opentad_lora.peft.functional import FusedLoRALinear, lora_linear, lora_linear_reference
 
 
@@ -177,8 +178,10 @@ def test_dropout_mask_redrawn_in_backward_leaves_the_generator_as_forward_left_i
 
 
 @pytest.mark.parametrize('keep', [False, True])
-def test_quantized_base_is_dequantized_again_in_backward_unless_kept(keep):
+def test_quantized_base_is_dequantized_again_in_backward_unless_kept(keep, monkeypatch):
     from opentad_lora.peft import apply_lora
+
+    monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)  # the fused function, whatever the size
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 48))
     apply_lora(model, dict(r=4, targets=['0'], quantize_bits=4, keep_dequantized=keep))
@@ -217,3 +220,46 @@ def test_layers_reading_the_same_input_save_one_copy(autocast):
         assert storages == {x.untyped_storage().data_ptr()}
     sum(o.float().sum() for o in outs).backward()  # and backward still runs from the shared copy
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def _layer(bits, dropout=0.0, out_features=48):
+    from opentad_lora.peft import apply_lora
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, out_features))
+    apply_lora(model, dict(r=4, targets=['0'], quantize_bits=bits, dropout=dropout,
+                           compute_dtype='bf16' if bits == 4 else None))
+    with torch.no_grad():
+        model[0].lora_B['default'].weight.normal_()
+    return model[0].train()
+
+
+@pytest.mark.parametrize('bits', [None, 4])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_plain_path_for_few_rows_equals_the_fused_function(bits, autocast, monkeypatch):
+    """Few rows (host-bound sizes) take plain autograd ops: same output and gradients as the fused function."""
+    layer = _layer(bits)
+    x = torch.randn(6, 5, 32, requires_grad=True)
+    params = [x, layer.lora_A['default'].weight, layer.lora_B['default'].weight]
+    results = []
+    for max_rows in (LF.PLAIN_MAX_ROWS, 0):  # plain, then fused
+        monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', max_rows)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = layer(x)
+        results.append((out, _grads(out, params), type(out.grad_fn).__name__))
+    (plain, plain_grads, plain_node), (fused, fused_grads, fused_node) = results
+    assert 'FusedLoRALinear' not in plain_node and 'FusedLoRALinear' in fused_node
+    assert plain.dtype == fused.dtype
+    # bf16 somewhere (autocast, or the 4-bit base's bf16 compute dtype): equal up to bf16 rounding; else fp32-exact
+    limit = 1e-2 if autocast or bits else 1e-5
+    for got, want in zip((plain, *plain_grads), (fused, *fused_grads)):
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < limit
+
+
+def test_dropout_and_many_rows_take_the_fused_function(monkeypatch):
+    x = torch.randn(6, 32, requires_grad=True)
+    assert 'FusedLoRALinear' in type(_layer(None, dropout=0.1)(x).grad_fn).__name__  # the plain path would keep masks
+    monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 6)
+    assert 'FusedLoRALinear' in type(_layer(None)(x).grad_fn).__name__
+    monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 7)
+    assert 'FusedLoRALinear' not in type(_layer(None)(x).grad_fn).__name__
