@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from opentad_lora.peft import apply_lora  # noqa: E402
+from opentad_lora.peft import functional as LF  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -42,8 +43,13 @@ def run_case(bits, autocast: bool, dropout: float, features=(1024, 4096)) -> dic
 
 
 if __name__ == '__main__':
-    for features in ((1024, 4096), (4096, 1024)):  # the wide forward GEMM, then the wide input-gradient GEMM
-        for bits in (None, 4, 8):
-            for autocast in (False, True):
-                for dropout in (0.0, 0.1):
-                    print(json.dumps(run_case(bits, autocast, dropout, features)), flush=True)
+    plain_max_rows = LF.PLAIN_MAX_ROWS
+    for max_rows, path in ((0, 'fused'), (plain_max_rows, 'plain')):  # the cases below have 1576 rows
+        LF.PLAIN_MAX_ROWS = max_rows
+        for features in ((1024, 4096), (4096, 1024)):  # the wide forward GEMM, then the wide input-gradient GEMM
+            for bits in (None, 4, 8):
+                for autocast in (False, True):
+                    for dropout in (0.0, 0.1):
+                        if path == 'plain' and dropout:
+                            continue  # dropout always takes the fused function
+                        print(json.dumps(dict(path=path, **run_case(bits, autocast, dropout, features))), flush=True)
