@@ -1,6 +1,6 @@
 # ActionFormer detector as in OpenTAD's `_base_/models/actionformer.py`, end to end: a config adds
 # `model.backbone` (e.g. VisionTransformerAdapter / VisionTransformerQLoRA) and sets the widths and lengths.
-# Same architecture and parameter names as OpenTAD's, so its trained checkpoints load (tools/test.py CONFIG epoch_X.pth).
+# Same architecture and parameter names as OpenTAD's: its trained checkpoints load (tools/test.py CONFIG epoch_X.pth).
 model = dict(
     type='TADDetector',  # also registered as 'ActionFormer'
     # uint8 NCTHW clips -> float, normalised with VideoMAE's (ImageNet) mean/std in pixel units

@@ -12,7 +12,7 @@ CONV_LN_EPS = 1e-6  # OpenTAD's LayerNorm eps in conv blocks and the neck (the t
 
 
 def resample_mask(mask: Tensor, length: int) -> Tensor:
-    """A ``(B, T)`` mask resampled to ``length`` steps by nearest neighbour (step ``i`` reads ``floor(i T / length)``)."""
+    """A ``(B, T)`` mask resampled to ``length`` steps, nearest neighbour (step ``i`` reads ``floor(i T / length)``)."""
     if mask.shape[-1] == length:
         return mask
     return F.interpolate(mask[:, None].float(), size=length, mode='nearest')[:, 0].bool()

@@ -65,7 +65,7 @@ class TADDetector(BaseModel):
             level = stride * (window // 2) * 2 if window > 1 else stride
             if max_seq_len % level:
                 raise ValueError(f'projection.max_seq_len={max_seq_len} must be divisible by each level\'s stride x '
-                                 f'attention window; level stride {stride}, window {window} needs a multiple of {level}')
+                                 f'attention window: stride {stride}, window {window} needs a multiple of {level}')
             factor = max(factor, level)
         return factor
 

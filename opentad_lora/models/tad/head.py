@@ -27,7 +27,7 @@ class Scale(nn.Module):
 
 
 def decode_segments(points: Tensor, offsets: Tensor) -> Tensor:
-    """Segments ``[position - left * stride, position + right * stride]`` of points ``(P, 4)``, offsets ``(..., P, 2)``."""
+    """Segments ``[pos - left * stride, pos + right * stride]`` of points ``(P, 4)`` and offsets ``(..., P, 2)``."""
     position, stride = points[:, 0], points[:, 3]
     return torch.stack([position - offsets[..., 0] * stride, position + offsets[..., 1] * stride], dim=-1)
 

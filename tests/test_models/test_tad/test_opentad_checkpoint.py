@@ -147,3 +147,19 @@ def test_tools_test_evaluates_an_opentad_checkpoint_with_its_ema_weights(tiny):
         assert a['pred_scores'].numel() > 0 and torch.isfinite(a['pred_scores']).all()
         torch.testing.assert_close(a['pred_segments'], b['pred_segments'])
         torch.testing.assert_close(a['pred_scores'], b['pred_scores'])
+
+
+def test_converter_writes_a_checkpoint_that_loads_strictly(tiny, capsys):
+    root, config, model, state, ema = tiny
+    src, dst = root / 'convert_me.pth', root / 'converted.pth'
+    torch.save(opentad_checkpoint(state, ema), src)
+    convert = load_tool('tools/model_converters/opentad_to_opentad_lora.py').main
+    assert convert([str(config), str(src), str(dst)]) == 0
+    converted = torch.load(dst, weights_only=True)
+    assert converted['meta']['opentad_weights'] == 'state_dict_ema'
+    model.load_state_dict(converted['state_dict'], strict=True)
+    torch.testing.assert_close(model.state_dict()['projection.branch.0.attn.key.weight'],
+                               ema['projection.branch.0.attn.key.weight'])
+    torch.save(dict(state_dict=state, meta={}), src)  # our own layout is not an OpenTAD file
+    assert convert([str(config), str(src), str(dst)]) == 2
+    assert 'is not an OpenTAD detector checkpoint' in capsys.readouterr().err
