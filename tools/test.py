@@ -4,6 +4,7 @@
                          {metrics,pred}] [--show-dir DIR] [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 The checkpoint may be a trimmed LoRA checkpoint: the frozen base is rebuilt by the model from its pretrained file.
+It may also be a detector checkpoint trained by OpenTAD (``epoch_X.pth``; its EMA weights when it has them).
 """
 import argparse
 import os
@@ -23,6 +24,7 @@ from mmengine.evaluator import DumpResults  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from opentad_lora.engine.runner_utils import setup_launcher  # noqa: E402
+from opentad_lora.models.tad.opentad_checkpoint import OpenTADCheckpointHook  # noqa: E402
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
 
 register_all_modules()
@@ -83,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.register_hook(OpenTADCheckpointHook())  # OpenTAD's epoch_X.pth (EMA weights first) loads as-is
     if args.out and args.out_item == 'pred':
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()

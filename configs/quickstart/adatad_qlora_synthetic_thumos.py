@@ -64,6 +64,7 @@ model = dict(
         num_classes=num_classes,
         in_channels=64,
         feat_channels=64,
+        num_convs=1,  # one conv layer per head tower at this toy size (OpenTAD's THUMOS configs: 2)
         prior_generator=dict(strides=[1, 2, 4, 8], regression_range=[(0, 4), (4, 8), (8, 16), (16, 10000)]),
         loss_normalizer=10,
     ),

@@ -7,13 +7,15 @@ from torch import Tensor
 
 
 def assign_points(points: Tensor, gt_segments: Tensor, gt_labels: Tensor, num_classes: int,
-                  center_sample: Optional[str] = 'radius', center_sample_radius: float = 1.5) -> Tuple[Tensor, Tensor]:
+                  center_sample: Optional[str] = 'radius', center_sample_radius: float = 1.5,
+                  filter_similar_gt: bool = True) -> Tuple[Tensor, Tensor]:
     """Classification and regression targets of every point for one window (ActionFormer's rule).
 
     A point is positive for an action when it lies inside the action (``center_sample=None``) or within
     ``radius * stride`` of the action centre and inside the action (``'radius'``), and the larger of its distances
-    to the action's boundaries falls in the point's regression range. A point positive for several actions takes
-    the shortest one (all actions of that length set their class bit).
+    to the action's boundaries falls in the point's regression range. A point positive for several actions
+    regresses the shortest one; the class bits set are those of the actions within 1e-3 of that length
+    (``filter_similar_gt=True``) or of every action it is positive for (``False``).
 
     Args:
         points: ``(P, 4)`` rows ``[position, range_low, range_high, stride]`` of all levels.
@@ -22,6 +24,7 @@ def assign_points(points: Tensor, gt_segments: Tensor, gt_labels: Tensor, num_cl
         num_classes: Number of classes.
         center_sample: ``'radius'`` or None.
         center_sample_radius: Radius in strides.
+        filter_similar_gt: Set only the classes of the (near-)shortest actions.
 
     Returns:
         ``cls_targets (P, num_classes)`` in {0, 1} and ``reg_targets (P, 2)``: distances to (start, end) divided
@@ -46,7 +49,9 @@ def assign_points(points: Tensor, gt_segments: Tensor, gt_labels: Tensor, num_cl
     in_range = (max_distance >= range_low) & (max_distance <= range_high)
     lengths = (ends - starts).expand(num_points, -1).masked_fill(~(inside & in_range), float('inf'))
     min_length, min_index = lengths.min(dim=1)
-    shortest = (lengths <= min_length[:, None] + 1e-3) & torch.isfinite(lengths)
+    shortest = torch.isfinite(lengths)
+    if filter_similar_gt:
+        shortest &= lengths <= min_length[:, None] + 1e-3
     one_hot = F.one_hot(gt_labels.long(), num_classes).to(points.dtype)
     cls_targets = (shortest.to(points.dtype) @ one_hot).clamp(max=1.0)
     rows = torch.arange(num_points, device=points.device)

@@ -17,18 +17,22 @@ class TADDetector(BaseModel):
     """One-stage detector over a window of frames, OpenTAD's ``ActionFormer`` model in MMEngine form.
 
     The backbone maps the clip ``(B, 3, T, H, W)`` to features ``(B, C, T')``. They are optionally resampled to
-    ``temporal_size`` steps (OpenTAD interpolates to the window length), turned into a pyramid by the projection and
-    neck, and decoded by the head. Coordinates: data samples give ground truth in snippets (sampled frames) from the
-    window start; grid step ``t`` covers snippets ``[t * s, (t + 1) * s)`` with ``s = T / T'`` and sits at its centre.
-    Predictions are returned per window in video seconds before NMS; the metric merges the windows of a video.
+    ``temporal_size`` steps (OpenTAD interpolates to the window length), zero-padded to the projection's
+    ``max_seq_len`` (or, when longer, to a multiple of the coarsest stride x window), turned into a pyramid by the
+    projection and neck, and decoded by the head. Parameter names are OpenTAD's, so its checkpoints load by name
+    (see :mod:`opentad_lora.models.tad.opentad_checkpoint`).
+
+    Coordinates, as in OpenTAD: data samples give ground truth in snippets (sampled frames) from the window start;
+    grid step ``t`` of the finest level is snippet ``t * s`` with ``s = T / T'``. Predictions are returned per window
+    in video seconds, clipped to ``[0, duration]``, before NMS; the metric merges the windows of a video.
 
     Args:
-        backbone: Video backbone config, e.g. ``VisionTransformerQLoRA``.
+        backbone: Video backbone config, e.g. ``VisionTransformerAdapter`` / ``VisionTransformerQLoRA``.
         projection: ``Conv1DTransformerProj`` config.
         neck: ``FPNIdentity`` config.
         rpn_head: ``ActionFormerHead`` config (OpenTAD's key name).
         temporal_size: Resample backbone features to this length (None keeps ``T'``).
-        test_cfg: ``dict(pre_nms_thresh=0.001, pre_nms_topk=2000, duration_thresh=0.05)``.
+        test_cfg: ``dict(pre_nms_thresh=0.001, pre_nms_topk=2000)``: decoding before the metric's NMS.
         data_preprocessor: Default ``TADDataPreprocessor``.
         init_cfg: MMEngine init config.
     """
@@ -47,7 +51,23 @@ class TADDetector(BaseModel):
         if has_lora(self.backbone):  # the trained detector travels in the adapter files with the LoRA weights
             mark_modules_to_save(self, ['projection', 'neck', 'rpn_head'])
         self.temporal_size = temporal_size
-        self.test_cfg = {'pre_nms_thresh': 0.001, 'pre_nms_topk': 2000, 'duration_thresh': 0.05, **(test_cfg or {})}
+        self.test_cfg = dict(pre_nms_thresh=0.001, pre_nms_topk=2000)
+        unknown = sorted(set(test_cfg or {}) - set(self.test_cfg))
+        if unknown:
+            raise ValueError(f'TADDetector: unknown test_cfg keys {unknown}; expected {sorted(self.test_cfg)}')
+        self.test_cfg.update(test_cfg or {})
+        self.max_div_factor = self._max_div_factor()
+
+    def _max_div_factor(self) -> int:
+        """The coarsest stride x local window; ``max_seq_len`` must be a multiple of each level's."""
+        max_seq_len, factor = self.projection.max_seq_len, 1
+        for stride, window in zip(self.rpn_head.prior_generator.strides, self.projection.mha_win_size):
+            level = stride * (window // 2) * 2 if window > 1 else stride
+            if max_seq_len % level:
+                raise ValueError(f'projection.max_seq_len={max_seq_len} must be divisible by each level\'s stride x '
+                                 f'attention window: stride {stride}, window {window} needs a multiple of {level}')
+            factor = max(factor, level)
+        return factor
 
     def init_weights(self) -> None:
         """Nothing to do: every part is initialised (and the backbone loaded from its file) at construction.
@@ -61,16 +81,31 @@ class TADDetector(BaseModel):
     def _meta(data_samples: Sequence[BaseDataElement], key: str) -> List:
         return [sample.metainfo[key] for sample in data_samples]
 
+    def _pad(self, feats: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """Zero-pad to ``max_seq_len`` steps, or a longer input to the next multiple of :attr:`max_div_factor`."""
+        length = feats.shape[-1]
+        target = self.projection.max_seq_len
+        if length > target:
+            target = -(-length // self.max_div_factor) * self.max_div_factor
+        if length == target:
+            return feats, mask
+        return F.pad(feats, (0, target - length)), F.pad(mask, (0, target - length), value=False)
+
     def extract_feat(self, inputs: Tensor, data_samples: Sequence[BaseDataElement]
                      ) -> Tuple[List[Tensor], List[Tensor], float]:
-        """Pyramid features and masks of a batch, and the number of snippets per finest grid step."""
-        feats = self.backbone(inputs)
+        """Pyramid features and masks of a batch, and the number of snippets per finest grid step.
+
+        A step is valid when its first snippet is a real (not padded) one. Backbone features at padded steps are
+        passed on unmasked; the projection masks every output.
+        """
+        feats = self.backbone(inputs).float()
         if self.temporal_size is not None and feats.shape[-1] != self.temporal_size:
             feats = F.interpolate(feats, size=self.temporal_size, mode='linear', align_corners=False)
         snippets_per_step = inputs.shape[2] / feats.shape[-1]
         steps = torch.arange(feats.shape[-1], device=feats.device)
         valid_len = torch.tensor(self._meta(data_samples, 'valid_len'), device=feats.device)
         mask = steps[None] * snippets_per_step < valid_len[:, None]
+        feats, mask = self._pad(feats, mask)
         feats, masks = self.projection(feats, mask)
         feats, masks = self.neck(feats, masks)
         return feats, masks, snippets_per_step
@@ -84,7 +119,7 @@ class TADDetector(BaseModel):
         if mode == 'tensor':
             return self.rpn_head(feats, masks)
         if mode == 'loss':
-            gt_segments = [sample.gt_segments.float() / step - 0.5 for sample in data_samples]
+            gt_segments = [sample.gt_segments.float() / step for sample in data_samples]
             gt_labels = [sample.gt_labels for sample in data_samples]
             return self.rpn_head.loss(feats, masks, gt_segments, gt_labels)
         if mode == 'predict':
@@ -94,15 +129,14 @@ class TADDetector(BaseModel):
     @staticmethod
     def _to_seconds(detections: Sequence[Tuple[Tensor, Tensor, Tensor]], data_samples: Sequence[BaseDataElement],
                     step: float) -> List[BaseDataElement]:
-        """Map grid units to video seconds, clipped to the valid part of the window and the video."""
+        """Grid units -> video seconds ``(snippet * sample_stride + window_start_frame) / fps``, clipped to
+        ``[0, duration]`` (OpenTAD's ``convert_to_seconds``; ``offset_frames`` is added when the sample has it)."""
         outputs = []
         for (segments, scores, labels), sample in zip(detections, data_samples):
             meta = sample.metainfo
-            snippets = ((segments + 0.5) * step).clamp(0, meta['valid_len'])
-            frames = meta['window_start_frame'] + snippets * meta['sample_stride']
-            seconds = (frames / meta['fps']).clamp(0, meta['duration'])
+            frames = segments * step * meta['sample_stride'] + meta['window_start_frame'] + meta.get('offset_frames', 0)
             out = BaseDataElement(metainfo=dict(meta))
-            out.pred_segments = seconds.cpu()
+            out.pred_segments = (frames / meta['fps']).clamp(0, meta['duration']).cpu()
             out.pred_scores = scores.cpu()
             out.pred_labels = labels.cpu()
             outputs.append(out)

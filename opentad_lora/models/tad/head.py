@@ -9,37 +9,62 @@ from torch import Tensor, nn
 from opentad_lora.registry import MODELS, TASK_UTILS
 
 from .assigner import assign_points
-from .blocks import ConvNormAct, MaskedConv1d
+from .blocks import ConvNormAct
 
 # One window's detections in finest-grid units: segments (N, 2), scores (N,), labels (N,).
 GridDetections = Tuple[Tensor, Tensor, Tensor]
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplying the regression output of one pyramid level."""
+
+    def __init__(self, init_value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def decode_segments(points: Tensor, offsets: Tensor) -> Tensor:
+    """Segments ``[pos - left * stride, pos + right * stride]`` of points ``(P, 4)`` and offsets ``(..., P, 2)``."""
+    position, stride = points[:, 0], points[:, 3]
+    return torch.stack([position - offsets[..., 0] * stride, position + offsets[..., 1] * stride], dim=-1)
 
 
 @MODELS.register_module()
 class ActionFormerHead(nn.Module):
     """Anchor-free one-stage TAD head (ActionFormer, Zhang et al. 2022), shared over pyramid levels.
 
+    Each of the two towers has ``num_convs`` masked conv + LayerNorm + ReLU layers, followed by a plain 3-wide
+    prediction convolution; regression outputs are ``ReLU(scale_l * conv)``, one learnable scale per level.
+    Parameter names are OpenTAD's (``cls_convs``, ``reg_convs``, ``cls_head``, ``reg_head``, ``scale.{l}.scale``).
+
     Args:
         num_classes: Number of action classes.
         in_channels: Width of the pyramid features.
         feat_channels: Width of the towers.
-        num_convs: Conv layers per tower (the last tower layer is the prediction conv).
-        cls_prior_prob: Initial foreground probability (sets the classifier bias, as in RetinaNet).
+        num_convs: Conv layers per tower.
         prior_generator: ``PointGenerator`` config (strides and regression ranges).
-        loss_normalizer: Initial number of positives the losses are divided by.
-        loss_normalizer_momentum: EMA momentum of that normaliser (kept as a buffer, so it resumes).
+        loss: ``dict(cls_loss=dict(type='FocalLoss'), reg_loss=dict(type='DIOULoss'))``.
+        loss_normalizer: Initial number of positives the training losses are divided by.
+        loss_normalizer_momentum: EMA momentum of that normaliser (kept as a buffer, so it resumes); outside
+            training the losses are divided by the batch's own number of positives.
         center_sample: ``'radius'`` or None, see :func:`assign_points`.
         center_sample_radius: Centre sampling radius in strides.
         label_smoothing: Smoothing of the binary class targets.
-        loss: ``dict(cls_loss=dict(type='FocalLoss'), reg_loss=dict(type='DIOULoss'))``.
-        kernel_size: Kernel of the tower and prediction convs.
+        cls_prior_prob: Initial foreground probability (sets the classifier bias, as in RetinaNet); 0 keeps the
+            default init.
+        loss_weight: Weight of the regression loss; ``<= 0`` balances it to the classification loss per step.
+        filter_similar_gt: See :func:`assign_points`.
     """
 
     def __init__(self, num_classes: int, in_channels: int, feat_channels: int, num_convs: int = 3,
-                 cls_prior_prob: float = 0.01, prior_generator: Optional[dict] = None,
+                 prior_generator: Optional[dict] = None, loss: Optional[dict] = None,
                  loss_normalizer: float = 100.0, loss_normalizer_momentum: float = 0.9,
                  center_sample: Optional[str] = 'radius', center_sample_radius: float = 1.5,
-                 label_smoothing: float = 0.0, loss: Optional[dict] = None, kernel_size: int = 3) -> None:
+                 label_smoothing: float = 0.0, cls_prior_prob: float = 0.01, loss_weight: float = 1.0,
+                 filter_similar_gt: bool = True) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.prior_generator = TASK_UTILS.build(prior_generator or dict(
@@ -48,41 +73,48 @@ class ActionFormerHead(nn.Module):
         self.center_sample = center_sample
         self.center_sample_radius = center_sample_radius
         self.label_smoothing = label_smoothing
+        self.loss_weight = loss_weight
+        self.filter_similar_gt = filter_similar_gt
         self.loss_normalizer_momentum = loss_normalizer_momentum
         self.register_buffer('loss_normalizer', torch.tensor(float(loss_normalizer)))
         loss = loss or {}
         self.cls_loss = MODELS.build(loss.get('cls_loss', dict(type='FocalLoss')))
         self.reg_loss = MODELS.build(loss.get('reg_loss', dict(type='DIOULoss')))
-        widths = [in_channels] + [feat_channels] * (num_convs - 1)
-        self.cls_convs = nn.ModuleList([ConvNormAct(widths[i], feat_channels, kernel_size)
-                                        for i in range(num_convs - 1)])
-        self.reg_convs = nn.ModuleList([ConvNormAct(widths[i], feat_channels, kernel_size)
-                                        for i in range(num_convs - 1)])
-        self.cls_head = MaskedConv1d(widths[-1], num_classes, kernel_size)
-        self.reg_head = MaskedConv1d(widths[-1], 2, kernel_size)
-        self.scales = nn.Parameter(torch.ones(self.prior_generator.num_levels))
-        nn.init.constant_(self.cls_head.bias, -math.log((1 - cls_prior_prob) / cls_prior_prob))
-        nn.init.zeros_(self.reg_head.bias)
+        self.cls_convs = nn.ModuleList([ConvNormAct(in_channels if i == 0 else feat_channels, feat_channels, 3)
+                                        for i in range(num_convs)])
+        self.reg_convs = nn.ModuleList([ConvNormAct(in_channels if i == 0 else feat_channels, feat_channels, 3)
+                                        for i in range(num_convs)])
+        head_in = feat_channels if num_convs > 0 else in_channels
+        self.cls_head = nn.Conv1d(head_in, num_classes, 3, padding=1)
+        self.reg_head = nn.Conv1d(head_in, 2, 3, padding=1)
+        self.scale = nn.ModuleList([Scale() for _ in range(self.prior_generator.num_levels)])
+        if cls_prior_prob > 0:
+            nn.init.constant_(self.cls_head.bias, -math.log((1 - cls_prior_prob) / cls_prior_prob))
 
     def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        """Per level: class logits ``(B, T_l, num_classes)`` and non-negative offsets ``(B, T_l, 2)`` in strides."""
-        if len(feats) != self.prior_generator.num_levels:
-            raise ValueError(f'ActionFormerHead has {self.prior_generator.num_levels} levels (strides), '
-                             f'got {len(feats)} feature maps')
+        """Per level: class logits ``(B, T_l, num_classes)`` and non-negative offsets ``(B, T_l, 2)`` in strides.
+
+        Outputs at padded steps are not meaningful; the loss and the decoding skip them.
+        """
+        if len(feats) != len(self.scale):
+            raise ValueError(f'ActionFormerHead has {len(self.scale)} levels (strides), got {len(feats)} feature maps')
         logits, offsets = [], []
-        for level, (x, mask) in enumerate(zip(feats, masks)):
+        for scale, x, mask in zip(self.scale, feats, masks):
             cls_feat, reg_feat = x, x
             for layer in self.cls_convs:
                 cls_feat, _ = layer(cls_feat, mask)
             for layer in self.reg_convs:
                 reg_feat, _ = layer(reg_feat, mask)
-            logits.append(self.cls_head(cls_feat, mask)[0].transpose(1, 2))
-            offsets.append(F.relu(self.scales[level] * self.reg_head(reg_feat, mask)[0]).transpose(1, 2))
+            logits.append(self.cls_head(cls_feat).transpose(1, 2))
+            offsets.append(F.relu(scale(self.reg_head(reg_feat))).transpose(1, 2))
         return logits, offsets
+
+    def _points(self, feats: Sequence[Tensor]) -> Tensor:
+        return torch.cat(self.prior_generator([x.shape[-1] for x in feats], feats[0].device))
 
     def loss(self, feats: Sequence[Tensor], masks: Sequence[Tensor], gt_segments: Sequence[Tensor],
              gt_labels: Sequence[Tensor]) -> Dict[str, Tensor]:
-        """Focal + DIoU losses divided by the running number of positive points.
+        """Focal loss over valid points + DIoU loss of the positive points' segments, over the normaliser.
 
         Args:
             feats, masks: Pyramid from the neck.
@@ -90,54 +122,54 @@ class ActionFormerHead(nn.Module):
             gt_labels: Per sample ``(K,)`` class indices.
         """
         logits, offsets = self(feats, masks)
-        points = torch.cat(self.prior_generator([x.shape[-1] for x in feats], feats[0].device))
+        points = self._points(feats)
         targets = [assign_points(points, segs.to(points), labels.to(points.device), self.num_classes,
-                                 self.center_sample, self.center_sample_radius)
+                                 self.center_sample, self.center_sample_radius, self.filter_similar_gt)
                    for segs, labels in zip(gt_segments, gt_labels)]
         cls_targets = torch.stack([t[0] for t in targets])
         reg_targets = torch.stack([t[1] for t in targets])
         logits, offsets, valid = torch.cat(logits, 1), torch.cat(offsets, 1), torch.cat(masks, 1)
         positive = (cls_targets.sum(-1) > 0) & valid
-        num_pos = positive.sum().item()
+        num_pos = int(positive.sum())
         if self.training:
             momentum = self.loss_normalizer_momentum
             self.loss_normalizer.mul_(momentum).add_((1 - momentum) * max(num_pos, 1))
-        normalizer = self.loss_normalizer.item()
-        cls_target = cls_targets[valid]
-        if self.label_smoothing > 0:
-            cls_target = cls_target * (1 - self.label_smoothing) + self.label_smoothing / (self.num_classes + 1)
-        loss_cls = self.cls_loss(logits[valid], cls_target) / normalizer
-        if num_pos > 0:
-            loss_reg = self.reg_loss(offsets[positive], reg_targets[positive]) / normalizer
+            normalizer = self.loss_normalizer.item()
         else:
-            loss_reg = offsets.sum() * 0.0
-        return dict(loss_cls=loss_cls, loss_reg=loss_reg)
+            normalizer = max(num_pos, 1)
+        cls_target = cls_targets[valid] * (1 - self.label_smoothing) + self.label_smoothing / (self.num_classes + 1)
+        cls_loss = self.cls_loss(logits[valid], cls_target) / normalizer
+        pred_segments = decode_segments(points, offsets)[positive]
+        if num_pos > 0:
+            reg_loss = self.reg_loss(pred_segments, decode_segments(points, reg_targets)[positive]) / normalizer
+        else:
+            reg_loss = pred_segments.sum() * 0.0
+        weight = self.loss_weight if self.loss_weight > 0 else cls_loss.detach() / max(reg_loss.item(), 0.01)
+        return dict(cls_loss=cls_loss, reg_loss=reg_loss * weight)
 
     @torch.no_grad()
     def predict(self, feats: Sequence[Tensor], masks: Sequence[Tensor], pre_nms_thresh: float = 0.001,
-                pre_nms_topk: int = 2000, duration_thresh: float = 0.05) -> List[GridDetections]:
-        """Decode each sample's points into candidate segments (before NMS), in finest-grid units.
+                pre_nms_topk: int = 2000) -> List[GridDetections]:
+        """Decode each sample's valid points into candidate segments (before NMS), in finest-grid units.
 
-        Per level, the ``pre_nms_topk`` (point, class) pairs with probability above ``pre_nms_thresh`` become
-        segments ``[position - left * stride, position + right * stride]``; segments no longer than
-        ``duration_thresh`` grid steps are dropped.
+        Over all levels together, the ``pre_nms_topk`` (point, class) pairs with probability above
+        ``pre_nms_thresh`` become segments; none is dropped for its length. With one class, every valid point is
+        kept (no threshold, no top-k), as OpenTAD does.
         """
         logits, offsets = self(feats, masks)
-        points = self.prior_generator([x.shape[-1] for x in feats], feats[0].device)
+        segments = decode_segments(self._points(feats), torch.cat(offsets, 1))
+        probs, valid = torch.cat(logits, 1).sigmoid(), torch.cat(masks, 1)
         results = []
-        for b in range(feats[0].shape[0]):
-            segments, scores, labels = [], [], []
-            for level_logits, level_offsets, level_points, mask in zip(logits, offsets, points, masks):
-                prob = (torch.sigmoid(level_logits[b]) * mask[b, :, None]).flatten()
-                candidates = (prob > pre_nms_thresh).nonzero()[:, 0]
-                top = prob[candidates].topk(min(pre_nms_topk, candidates.numel())).indices
-                index = candidates[top]
-                point_index, cls_index = index // self.num_classes, index % self.num_classes
-                pts, offs = level_points[point_index], level_offsets[b, point_index]
-                segs = torch.stack([pts[:, 0] - offs[:, 0] * pts[:, 3], pts[:, 0] + offs[:, 1] * pts[:, 3]], dim=1)
-                keep = (segs[:, 1] - segs[:, 0]) > duration_thresh
-                segments.append(segs[keep])
-                scores.append(prob[index][keep])
-                labels.append(cls_index[keep])
-            results.append((torch.cat(segments), torch.cat(scores), torch.cat(labels)))
+        for sample_segments, sample_probs, sample_valid in zip(segments, probs, valid):
+            sample_segments, sample_probs = sample_segments[sample_valid], sample_probs[sample_valid]
+            if self.num_classes == 1:
+                scores = sample_probs[:, 0]
+                results.append((sample_segments, scores, torch.zeros_like(scores, dtype=torch.long)))
+                continue
+            flat = sample_probs.flatten()
+            candidates = (flat > pre_nms_thresh).nonzero()[:, 0]
+            scores, order = flat[candidates].sort(descending=True)
+            index = candidates[order[:pre_nms_topk]]
+            results.append((sample_segments[index // self.num_classes], scores[:pre_nms_topk],
+                            index % self.num_classes))
         return results

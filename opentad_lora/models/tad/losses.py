@@ -12,6 +12,7 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     ``loss = alpha_t * (1 - p_t)^gamma * BCE(logits, targets)`` with ``p_t = p*t + (1-p)*(1-t)`` and
     ``alpha_t = alpha*t + (1-alpha)*(1-t)``; ``alpha < 0`` disables the class balancing.
     """
+    logits, targets = logits.float(), targets.float()
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
     p_t = prob * targets + (1 - prob) * (1 - targets)
@@ -21,23 +22,23 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return loss
 
 
-def diou_loss_1d(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
-    """Distance-IoU loss of 1-D segments given as (left, right) distances from a common point (no reduction).
+def diou_loss_1d(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """Distance-IoU loss of 1-D segments given as ``(start, end)`` rows (no reduction).
 
     ``1 - IoU + rho^2 / c^2`` where ``rho`` is the distance between the two segment centres and ``c`` the length of
-    the smallest segment enclosing both (Zheng et al., 2020, in one dimension as in ActionFormer).
+    the smallest segment enclosing both (Zheng et al., 2020, in one dimension as in ActionFormer). Both ratios are
+    translation and scale invariant, so the loss of a point's (left, right) distances is the same in any units.
 
     Args:
-        pred: ``(N, 2)`` non-negative predicted distances to the start and end.
-        target: ``(N, 2)`` ground-truth distances.
+        pred: ``(N, 2)`` predicted segments.
+        target: ``(N, 2)`` ground-truth segments.
+        eps: Floor of the union and of ``c^2``.
     """
-    pred_left, pred_right = pred.unbind(-1)
-    gt_left, gt_right = target.unbind(-1)
-    inter = torch.minimum(pred_left, gt_left) + torch.minimum(pred_right, gt_right)
-    union = (pred_left + pred_right) + (gt_left + gt_right) - inter
+    inter = (torch.minimum(pred[:, 1], target[:, 1]) - torch.maximum(pred[:, 0], target[:, 0])).clamp(min=0)
+    union = (pred[:, 1] - pred[:, 0]) + (target[:, 1] - target[:, 0]) - inter
     iou = inter / union.clamp(min=eps)
-    enclosing = torch.maximum(pred_left, gt_left) + torch.maximum(pred_right, gt_right)
-    centre_distance = 0.5 * ((pred_right - pred_left) - (gt_right - gt_left))
+    enclosing = torch.maximum(pred[:, 1], target[:, 1]) - torch.minimum(pred[:, 0], target[:, 0])
+    centre_distance = 0.5 * ((pred[:, 0] + pred[:, 1]) - (target[:, 0] + target[:, 1]))
     return 1.0 - iou + centre_distance.pow(2) / enclosing.pow(2).clamp(min=eps)
 
 

@@ -9,21 +9,24 @@ WINDOW = 32  # frames; the backbone halves time, so 16 grid steps of 2 snippets
 BACKBONE = dict(type='VisionTransformerAdapter', img_size=32, patch_size=16, embed_dims=32, depth=2, num_heads=2,
                 num_frames=16, tubelet_size=2, drop_path_rate=0.0, with_cp=False, total_frames=WINDOW)
 
+PROJECTION = dict(type='Conv1DTransformerProj', in_channels=32, out_channels=16, arch=(1, 1, 1),
+                  attn_cfg=dict(n_head=2, n_mha_win_size=5), max_seq_len=16)
 
-def make_detector(**backbone) -> TADDetector:
+
+def make_detector(projection=None, test_cfg=None, **backbone) -> TADDetector:
     return TADDetector(
         backbone=dict(BACKBONE, **backbone),
-        projection=dict(type='Conv1DTransformerProj', in_channels=32, out_channels=16, arch=(1, 1, 1),
-                        attn_cfg=dict(n_head=2, n_mha_win_size=5)),
+        projection=dict(PROJECTION, **(projection or {})),
         neck=dict(type='FPNIdentity', in_channels=16, out_channels=16, num_levels=2),
         rpn_head=dict(type='ActionFormerHead', num_classes=2, in_channels=16, feat_channels=16,
                       prior_generator=dict(type='PointGenerator', strides=[1, 2],
-                                           regression_range=[(0, 4), (4, 10000)])))
+                                           regression_range=[(0, 4), (4, 10000)])),
+        test_cfg=test_cfg)
 
 
-def make_sample(gt=((6.0, 20.0), ), labels=(1, ), valid_len=WINDOW) -> BaseDataElement:
+def make_sample(gt=((6.0, 20.0), ), labels=(1, ), valid_len=WINDOW, duration=30.0) -> BaseDataElement:
     sample = BaseDataElement(metainfo=dict(video_name='v', window_start_frame=100, sample_stride=1, fps=10.0,
-                                           duration=30.0, valid_len=valid_len, window_size=WINDOW))
+                                           duration=duration, valid_len=valid_len, window_size=WINDOW))
     sample.gt_segments = torch.tensor(gt).reshape(-1, 2)
     sample.gt_labels = torch.tensor(labels)
     return sample
@@ -33,7 +36,7 @@ def test_qlora_detector_trains_only_adapters_lora_and_the_detector():
     model = make_detector(type='VisionTransformerQLoRA', lora_r=4, lora_alpha=8, lora_dropout=0.0, quantize_bits=4)
     model.train()
     losses = model(torch.randn(2, 3, WINDOW, 32, 32), [make_sample(), make_sample(valid_len=20)], mode='loss')
-    assert set(losses) == {'loss_cls', 'loss_reg'} and all(torch.isfinite(v) for v in losses.values())
+    assert set(losses) == {'cls_loss', 'reg_loss'} and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     backbone = {name for name in trainable if name.startswith('backbone.')}
@@ -49,7 +52,7 @@ def test_head_that_outputs_its_targets_decodes_to_the_ground_truth_in_seconds(mo
     model = make_detector().eval()
     sample = make_sample(gt=((6.0, 20.0), ), labels=(1, ))
     points = torch.cat(model.rpn_head.prior_generator([16, 8]))
-    grid_gt = sample.gt_segments / (WINDOW / 16) - 0.5  # the detector's snippets -> grid mapping
+    grid_gt = sample.gt_segments / (WINDOW / 16)  # grid step t is snippet 2t
     cls, reg = assign_points(points, grid_gt, sample.gt_labels, num_classes=2)
     assert cls.sum() > 0
 
@@ -65,12 +68,23 @@ def test_head_that_outputs_its_targets_decodes_to_the_ground_truth_in_seconds(mo
     torch.testing.assert_close(pred.pred_segments[best], expected.expand(int(best.sum()), 2))
 
 
-def test_predictions_stay_inside_the_valid_part_of_the_window():
-    model = make_detector().eval()
-    (pred, ) = model(torch.randn(1, 3, WINDOW, 32, 32), [make_sample(valid_len=12)], mode='predict')
-    assert pred.pred_segments.numel() > 0
-    assert pred.pred_segments.min() >= 10.0 and pred.pred_segments.max() <= (100 + 12) / 10.0 + 1e-6
+def test_predictions_come_from_valid_steps_and_are_clipped_to_the_video():
+    model = make_detector(test_cfg=dict(pre_nms_thresh=0.0)).eval()
+    (pred, ) = model(torch.randn(1, 3, WINDOW, 32, 32), [make_sample(valid_len=12, duration=10.5)], mode='predict')
+    assert pred.pred_scores.numel() == 2 * (6 + 3)  # classes x valid steps (snippets 0..11: 6 + 3 grid steps)
+    assert pred.pred_segments.min() >= 0.0 and pred.pred_segments.max() <= 10.5
     assert pred.video_name == 'v' and pred.pred_labels.dtype == torch.long
+
+
+def test_short_features_are_padded_to_max_seq_len_and_config_is_checked():
+    model = make_detector().eval()
+    model.projection.max_seq_len = 24  # the 16 backbone steps are zero-padded to 24 (masked)
+    logits, _ = model(torch.randn(1, 3, WINDOW, 32, 32), mode='tensor')
+    assert [x.shape[1] for x in logits] == [24, 12]
+    with pytest.raises(ValueError, match='max_seq_len=20 must be divisible'):
+        make_detector(projection=dict(max_seq_len=20))  # level 1: stride 2 x window 4 = 8 does not divide 20
+    with pytest.raises(ValueError, match='duration_thresh'):
+        make_detector(test_cfg=dict(duration_thresh=0.05))
 
 
 def test_tensor_mode_and_unknown_mode():

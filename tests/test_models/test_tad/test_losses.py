@@ -28,15 +28,22 @@ def test_focal_loss_without_focusing_is_weighted_bce():
 
 
 def test_diou_loss_hand_values():
-    pred = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 2.0]])
-    target = torch.tensor([[1.0, 1.0], [2.0, 2.0], [1.0, 1.0]])
-    # identical: 0; same centre, half the length: 1 - 1/2; segment [0, 2] vs [-1, 1]: IoU 1/3, centre distance 1,
-    # enclosing length 3 -> 1 - 1/3 + 1/9
-    torch.testing.assert_close(diou_loss_1d(pred, target), torch.tensor([0.0, 0.5, 1 - 1 / 3 + 1 / 9]))
-    assert DIOULoss(loss_weight=3.0)(pred, target).item() == pytest.approx(3 * (0.5 + 1 - 1 / 3 + 1 / 9))
+    pred = torch.tensor([[-1.0, 1.0], [-1.0, 1.0], [0.0, 2.0], [5.0, 6.0]])
+    target = torch.tensor([[-1.0, 1.0], [-2.0, 2.0], [-1.0, 1.0], [0.0, 2.0]])
+    # identical: 0; same centre, half the length: 1 - 1/2; [0, 2] vs [-1, 1]: IoU 1/3, centre distance 1,
+    # enclosing length 3 -> 1 - 1/3 + 1/9; disjoint [5, 6] vs [0, 2]: IoU 0, centres 5.5 and 1, enclosing 6
+    expected = torch.tensor([0.0, 0.5, 1 - 1 / 3 + 1 / 9, 1 + 4.5 ** 2 / 36])
+    torch.testing.assert_close(diou_loss_1d(pred, target), expected)
+    assert DIOULoss(loss_weight=3.0)(pred, target).item() == pytest.approx(3 * expected.sum().item())
+
+
+def test_diou_loss_is_translation_and_scale_invariant():
+    pred, target = torch.rand(6, 2).sort(dim=1).values, torch.rand(6, 2).sort(dim=1).values
+    moved = diou_loss_1d(pred * 8 + 100, target * 8 + 100)
+    torch.testing.assert_close(moved, diou_loss_1d(pred, target), rtol=1e-4, atol=1e-5)
 
 
 def test_diou_loss_gradient_pulls_prediction_towards_target():
-    pred = torch.tensor([[0.5, 3.0]], requires_grad=True)
-    diou_loss_1d(pred, torch.tensor([[2.0, 2.0]])).sum().backward()
-    assert pred.grad[0, 0] < 0 < pred.grad[0, 1]  # grow the left distance, shrink the right one
+    pred = torch.tensor([[-0.5, 3.0]], requires_grad=True)
+    diou_loss_1d(pred, torch.tensor([[-2.0, 2.0]])).sum().backward()
+    assert pred.grad[0, 0] > 0 and pred.grad[0, 1] > 0  # move the start left and the end left
