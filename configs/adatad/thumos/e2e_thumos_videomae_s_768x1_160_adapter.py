@@ -25,6 +25,8 @@ train_pipeline = [
     dict(type='RandomResizedCrop'),
     dict(type='Resize', scale=(160, 160)),
     dict(type='Flip', flip_ratio=0.5),
+    dict(type='ImgAug', transforms='default'),  # mmaction2's RandAugment: 2 of 15 ops per clip
+    dict(type='ColorJitter'),  # mmaction2's defaults: brightness/contrast/saturation 0.5, hue 0.1
     dict(type='PackTADInputs'),  # NCTHW once batched
 ]
 test_pipeline = [
