@@ -41,15 +41,18 @@ def _warp(clip: Clip, matrix: np.ndarray) -> Clip:
 
 
 def _centre(clip: Clip) -> Tuple[float, float]:
+    """(x, y) of the frame centre in pixel coordinates, as imgaug's Affine places it."""
     return (clip.shape[2] - 1) / 2, (clip.shape[1] - 1) / 2
 
 
 def shear_x(clip: Clip, degrees: float) -> Clip:
+    """Shear along x by ``degrees`` about the frame centre (x' = x + tan(angle) * (y - cy))."""
     slope = np.tan(np.deg2rad(degrees))
     return _warp(clip, np.array([[1, slope, -slope * _centre(clip)[1]], [0, 1, 0]], np.float64))
 
 
 def shear_y(clip: Clip, degrees: float) -> Clip:
+    """Shear along y by ``degrees`` about the frame centre (y' = y + tan(angle) * (x - cx))."""
     slope = np.tan(np.deg2rad(degrees))
     return _warp(clip, np.array([[1, 0, 0], [slope, 1, -slope * _centre(clip)[0]]], np.float64))
 
@@ -61,6 +64,7 @@ def translate(clip: Clip, fraction_x: float, fraction_y: float) -> Clip:
 
 
 def rotate(clip: Clip, degrees: float) -> Clip:
+    """Rotate by ``degrees`` (counter-clockwise on screen) about the frame centre."""
     return _warp(clip, cv2.getRotationMatrix2D(_centre(clip), degrees, 1.0))
 
 
@@ -76,6 +80,7 @@ def solarize(clip: Clip, threshold: float) -> Clip:
 
 
 def invert(clip: Clip) -> Clip:
+    """255 - value (imgaug's ``Invert`` with p=1)."""
     return 255 - clip
 
 
