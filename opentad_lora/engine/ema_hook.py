@@ -6,13 +6,13 @@ a *view* instead: a module tree with the model's own names that holds only the t
 ``Parameter`` objects). Everything else is MMEngine's: the averaging (``ExponentialMovingAverage.lerp_``), swapping
 the averaged weights in for validation and test, ``ema_state_dict`` in checkpoints (the checkpoint's ``state_dict``
 holds the averaged weights, as MMEngine's hook writes it), and restoring both on ``--resume``. Frozen tensors are
-never read or written; buffers follow the model (MMEngine's ``update_buffers=False``).
+never read or written; buffers follow the model (MMEngine's ``update_buffers=False``). In a test or validation run
+(``tools/test.py``) the hook does nothing: the checkpoint's ``state_dict`` already is the average.
 
 OpenTAD (``opentad/utils/ema.py``) keeps ``ema = decay * ema + (1 - decay) * w`` with ``decay=0.999`` after every
 optimizer step, starting from the weights before the first step: ``momentum=0.001`` here, and the first average is
 taken in ``before_train`` so that the start is the same.
 """
-import copy
 import logging
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
@@ -21,7 +21,6 @@ from mmengine.hooks import EMAHook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import MODELS
-from mmengine.runner.checkpoint import load_state_dict
 from torch import nn
 
 from opentad_lora.registry import HOOKS
@@ -64,6 +63,8 @@ class TrainableEMAHook(EMAHook):
         if ema_type != 'StochasticWeightAverage':
             kwargs['momentum'] = momentum
         super().__init__(ema_type=ema_type, begin_iter=begin_iter, begin_epoch=begin_epoch, **kwargs)
+        self._averaging = False  # set by before_train: validation swaps the average in only while training
+        self._restart = False  # a resumed checkpoint without an average: start one from the resumed weights
 
     def before_run(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -74,21 +75,30 @@ class TrainableEMAHook(EMAHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
-        if runner.iter == 0 and self.begin_iter == 0 and not self.enabled_by_epoch:
+        self._averaging = True
+        if (runner.iter == 0 or self._restart) and self.begin_iter == 0 and not self.enabled_by_epoch:
             self.ema_model.update_parameters(self.src_model)  # OpenTAD: the average starts at the initial weights
+        self._restart = False
 
     def after_load_checkpoint(self, runner, checkpoint: Dict[str, Any]) -> None:
-        if not hasattr(self, 'ema_model'):  # a load outside train/val/test: before_run copies the loaded model
+        """On ``--resume`` restore the average (MMEngine's swap and load); otherwise nothing to do.
+
+        A checkpoint loaded for test/val (or as ``load_from``) holds the average as its ``state_dict`` and the model
+        gets exactly that; training from it starts a new average at ``before_train``.
+        """
+        if not runner._resume or not hasattr(self, 'ema_model'):
             return
-        if 'ema_state_dict' in checkpoint and runner._resume:
+        if 'ema_state_dict' in checkpoint:
             super().after_load_checkpoint(runner, checkpoint)
-            return
-        if runner._resume:
+        else:
             print_log('There is no `ema_state_dict` in the checkpoint: the average restarts from its weights.',
                       logger='current', level=logging.WARNING)
-        own = self.ema_model.module.state_dict()
-        state = {k: v for k, v in checkpoint['state_dict'].items() if k in own}
-        load_state_dict(self.ema_model.module, copy.deepcopy(state), strict=self.strict_load)
+            self._restart = True
+
+    def _swap_ema_parameters(self) -> None:
+        """Swap only in a training run: outside one, the loaded ``state_dict`` already is the average."""
+        if self._averaging:
+            super()._swap_ema_parameters()
 
 
 @contextmanager

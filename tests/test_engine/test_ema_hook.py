@@ -129,11 +129,13 @@ def test_qlora_model_trains_and_saves_with_ema_without_touching_the_4bit_base(tm
     exported = load_file(tmp_path / 'final_lora_weights' / 'adapter_model.safetensors')
     lora_a = exported['base_model.model.body.fc.lora_A.weight']
     assert torch.equal(lora_a, averaged['body.fc.lora_A.default.weight'])  # the adapter folder holds the average
-    # A fresh QLoRA model evaluates the average: the checkpoint loads strictly and holds it.
+    # A test run (tools/test.py: before_run, load, before_test_epoch) on a fresh QLoRA model evaluates the average.
     torch.manual_seed(0)
     fresh = make_runner(tmp_path / 'test', max_epochs=1, model=QLoRANet(),
                         custom_hooks=[dict(type='LoRACheckpointHook'), ema_config()])
+    fresh.call_hook('before_run')
     fresh.load_checkpoint(str(tmp_path / 'epoch_1.pth'), strict=True)
+    fresh.call_hook('before_test_epoch')
     assert all(torch.equal(dict(fresh.model.named_parameters())[n], p) for n, p in averaged.items())
 
 
