@@ -142,3 +142,17 @@ def test_qlora_model_trains_and_saves_with_ema_without_touching_the_4bit_base(tm
 def test_update_buffers_is_refused():
     with pytest.raises(ValueError, match='update_buffers'):
         TrainableEMAHook(update_buffers=True)
+
+
+def test_resuming_a_checkpoint_without_an_average_starts_one_from_the_resumed_weights(tmp_path, make_runner):
+    make_runner(tmp_path / 'plain', max_epochs=1).train()  # trained without EMA: no ema_state_dict
+    recorder = RecordTrainable()
+    resumed = make_runner(tmp_path / 'resumed', max_epochs=2, resume=True,
+                          load_from=str(tmp_path / 'plain' / 'epoch_1.pth'),
+                          custom_hooks=[dict(type='LoRACheckpointHook'), ema_config(), recorder])
+    resumed.train()
+    expected = dict(recorder.steps[0])  # the weights as resumed
+    for weights in recorder.steps[1:]:
+        expected = {n: (1 - MOMENTUM) * expected[n] + MOMENTUM * weights[n] for n in expected}
+    for name, value in ema_hook(resumed).ema_model.module.named_parameters():
+        torch.testing.assert_close(value.double(), expected[name], rtol=1e-6, atol=1e-7)
