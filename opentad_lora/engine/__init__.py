@@ -8,6 +8,7 @@ from .checkpoint import (MM_SAFE_GLOBALS, TRUST_ENV, AtomicLocalBackend, Checkpo
                          atomic_open, atomic_torch_save, enable_atomic_checkpoint_writes, load_checkpoint_file,
                          register_safe_checkpoint_loader)
 from .ddp import AnyDeviceDistributedDataParallel, init_cpu_process_group
+from .ema_hook import TrainableEMAHook, ema_weights, trainable_view
 from .epoch_seed_hook import EpochSeedHook, epoch_seed
 from .export import adapter_root, merged_state_dict, save_adapter_folder, save_merged_model
 from .fsdp import LoRAFSDPStrategy, lora_fsdp_auto_wrap_policy
@@ -24,5 +25,5 @@ __all__ = [
     'adapter_root', 'merged_state_dict', 'save_adapter_folder', 'save_merged_model', 'LoRACheckpointHook',
     'LoRAOptimWrapperConstructor', 'format_param_groups', 'log_param_groups', 'setup_amp', 'setup_launcher',
     'AnyDeviceDistributedDataParallel', 'init_cpu_process_group', 'EpochSeedHook', 'epoch_seed', 'LoRAFSDPStrategy',
-    'lora_fsdp_auto_wrap_policy',
+    'lora_fsdp_auto_wrap_policy', 'TrainableEMAHook', 'ema_weights', 'trainable_view',
 ]

@@ -15,6 +15,7 @@ from torch import nn
 
 from opentad_lora.peft import has_lora, trainable_state_dict
 from opentad_lora.registry import HOOKS
+from .ema_hook import ema_weights
 from .export import adapter_root, save_adapter_folder, save_merged_model
 
 STEP_DIR = 'lora_weights_step_{:06d}'
@@ -42,7 +43,7 @@ class LoRACheckpointHook(Hook):
     ``<out_dir>/lora_weights_step_XXXXXX/`` every ``interval`` iterations (the newest ``max_keep`` kept),
     ``<out_dir>/final_lora_weights/`` after training, and with ``save_merged=True`` also
     ``<out_dir>/merged_model/model.pth``, a plain merged state dict computed on a copy of the model. Files are
-    written by the main process only.
+    written by the main process only, with the averaged weights when an EMA hook runs (as in the checkpoints).
 
     Args:
         trainable_only: Trim checkpoints to trainable tensors + buffers.
@@ -126,7 +127,8 @@ class LoRACheckpointHook(Hook):
         if not has_lora(model):
             return
         out_dir = self._out_dir(runner)
-        path = save_adapter_folder(model, os.path.join(out_dir, STEP_DIR.format(step)), self.adapter_name)
+        with ema_weights(runner):
+            path = save_adapter_folder(model, os.path.join(out_dir, STEP_DIR.format(step)), self.adapter_name)
         print_log(f'Saved LoRA adapter of step {step} to {path}', logger='current')
         if self.max_keep > 0:
             steps = sorted((int(m.group(1)), name) for name in os.listdir(out_dir) if (m := _STEP_RE.match(name)))
@@ -139,13 +141,14 @@ class LoRACheckpointHook(Hook):
         if not has_lora(model):
             return
         out_dir = self._out_dir(runner)
-        if self.save_final:
-            path = save_adapter_folder(model, os.path.join(out_dir, FINAL_DIR), self.adapter_name)
-            print_log(f'Saved final LoRA adapter to {path}', logger='current')
-        if self.save_merged:
-            root = adapter_root(model)
-            if callable(getattr(root, 'export_merged', None)):  # a model with its own format (CAD-Recode: HF)
-                path = root.export_merged(Path(out_dir) / MERGED_DIR)
-            else:
-                path = save_merged_model(model, os.path.join(out_dir, MERGED_DIR))
-            print_log(f'Saved merged model to {path}', logger='current')
+        with ema_weights(runner):
+            if self.save_final:
+                path = save_adapter_folder(model, os.path.join(out_dir, FINAL_DIR), self.adapter_name)
+                print_log(f'Saved final LoRA adapter to {path}', logger='current')
+            if self.save_merged:
+                root = adapter_root(model)
+                if callable(getattr(root, 'export_merged', None)):  # a model with its own format (CAD-Recode: HF)
+                    path = root.export_merged(Path(out_dir) / MERGED_DIR)
+                else:
+                    path = save_merged_model(model, os.path.join(out_dir, MERGED_DIR))
+                print_log(f'Saved merged model to {path}', logger='current')

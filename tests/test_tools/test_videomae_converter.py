@@ -134,7 +134,7 @@ def test_every_key_maps_and_features_match_videomae(tmp_path, capsys, layout):
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
     torch.save(checkpoint, src)
     assert converter.main([str(src), str(dst), '--strict']) == 0
-    state = converter.load_source(str(src))
+    state = converter.read_videomae_file(str(src))
     result = converter.convert_videomae_state_dict(state)
     assert result.unmapped == []
     assert set(result.dropped) == expected_dropped

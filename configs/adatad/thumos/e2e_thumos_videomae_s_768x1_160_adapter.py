@@ -1,11 +1,12 @@
 # AdaTAD baseline on THUMOS-14 (OpenTAD's configs/adatad/thumos/e2e_thumos_videomae_s_768x1_160_adapter.py):
 # frozen VideoMAE-S over 768-frame windows at 160x160, temporal-informative adapters after all 12 blocks, an
 # ActionFormer detector. OpenTAD's keys map to MMEngine's as follows: dataset -> *_dataloader, solver -> batch
-# sizes + optim_wrapper.clip_grad (AMP: tools/train.py --amp), optimizer (verbatim) -> optim_wrapper.optimizer,
-# scheduler -> param_scheduler, post_processing -> val_evaluator, workflow -> train_cfg / default_hooks.
+# sizes + optim_wrapper.clip_grad + default_hooks.ema (AMP: tools/train.py --amp), optimizer (verbatim) ->
+# optim_wrapper.optimizer, scheduler -> param_scheduler, post_processing -> val_evaluator, workflow -> train_cfg /
+# default_hooks. docs/adatad.md has the key-by-key table.
 #   torchrun --nnodes=1 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_endpoint=localhost:0 \
 #       tools/train.py configs/adatad/thumos/e2e_thumos_videomae_s_768x1_160_adapter.py
-# The backbone weights: convert VideoMAE-S (K400) with tools/model_converters/videomae_to_opentad_lora.py.
+# The backbone weights: OpenTAD's pretrained/*_my.pth (mmaction layout) load as they are, converted in memory.
 _base_ = [
     '../../_base_/datasets/thumos-14/e2e_train_trunc_test_sw_256x224x224.py',  # dataset config
     '../../_base_/models/actionformer.py',  # model config
@@ -24,6 +25,8 @@ train_pipeline = [
     dict(type='RandomResizedCrop'),
     dict(type='Resize', scale=(160, 160)),
     dict(type='Flip', flip_ratio=0.5),
+    dict(type='ImgAug', transforms='default'),  # mmaction2's RandAugment: 2 of 15 ops per clip
+    dict(type='ColorJitter'),  # mmaction2's defaults: brightness/contrast/saturation 0.5, hue 0.1
     dict(type='PackTADInputs'),  # NCTHW once batched
 ]
 test_pipeline = [
@@ -102,6 +105,12 @@ test_evaluator = dict(post_processing=post_processing)
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=60, val_begin=40, val_interval=2)
 val_cfg = dict()
 test_cfg = dict()
-default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=2, max_keep_ckpts=-1))
+default_hooks = dict(
+    logger=dict(interval=50),
+    checkpoint=dict(interval=2, max_keep_ckpts=-1),
+    # solver.ema=True: OpenTAD's ModelEma (decay 0.999) of the trainable weights; validation, test and checkpoints
+    # use the average
+    ema=dict(type='TrainableEMAHook', momentum=0.001),
+)
 
 work_dir = 'exps/thumos/adatad/e2e_actionformer_videomae_s_768x1_160_adapter'

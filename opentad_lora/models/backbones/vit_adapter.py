@@ -8,20 +8,19 @@ T/num_frames chunks that run through the ViT as one batch (attention never cross
 temporal convolution runs over the whole window, tokens are averaged over space and the chunks are joined again in
 time: (B, 3, T, H, W) -> (B, C, T / tubelet_size).
 """
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from opentad_lora.engine.checkpoint import load_checkpoint_file
 from opentad_lora.peft import apply_lora
 from opentad_lora.registry import MODELS
 from ..layers import checkpoint_call, drop_path_rates
 from ..layers.compressed_checkpoint import STORAGES
 from .tad_adapters import PlainAdapter, TemporalAdapter
 from .video_vit import ARCHS, TubeletEmbed, VideoMAEBlock, resize_video_pos_embed, videomae_sincos_table
-from .vit_pretrained import extract_state_dict
+from .videomae_pretrained import convert_videomae_state_dict, read_videomae_file
 
 ADAPTER_PATTERN = r're:(.*\.)?adapter(\..*)?'  # LoRA never wraps the adapters' own linears
 FINAL_NORMS = (None, 'norm', 'fc_norm')
@@ -31,15 +30,6 @@ _CONVERTER = 'tools/model_converters/videomae_to_opentad_lora.py'
 def is_adapter_param(name: str) -> bool:
     """Whether a parameter name belongs to an AdaTAD adapter (a module named ``adapter``)."""
     return 'adapter' in name.split('.')
-
-
-def read_state_dict(path: str) -> Dict[str, Tensor]:
-    """Tensors of a checkpoint file (safe ``weights_only`` load), unwrapped from ``state_dict``/``model``/``module``."""
-    checkpoint = load_checkpoint_file(path)
-    state = extract_state_dict(checkpoint, prefix='') if isinstance(checkpoint, Mapping) else {}
-    if not state:
-        raise ValueError(f'pretrained checkpoint {path} holds no state dict of tensors')
-    return state
 
 
 @MODELS.register_module()
@@ -68,8 +58,8 @@ class VisionTransformerAdapter(nn.Module):
         adapter_index: Blocks followed by an adapter; None = all, ``[]`` = none (the plain frozen ViT).
         adapter_mlp_ratio: Adapter bottleneck width as a fraction of ``embed_dims``.
         use_plain_adapter: Adapters without the temporal convolution.
-        pretrained: Checkpoint in our layout (see ``tools/model_converters/videomae_to_opentad_lora.py``), loaded
-            here, before anything is quantized or wrapped.
+        pretrained: VideoMAE-family checkpoint as its users keep it (mmaction2/OpenTAD, VideoMAE, VideoMAE-v2 or
+            ours; see :mod:`.videomae_pretrained`), loaded here, before anything is quantized or wrapped.
         arch: ``'small'|'base'|'large'|'huge'|'giant'`` presets; they override embed_dims, depth, num_heads,
             mlp_ratio and patch_size.
         init_values: LayerScale init of checkpoints trained with it (VideoMAE ``init_values``); None = off.
@@ -154,17 +144,20 @@ class VisionTransformerAdapter(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def load_pretrained(self, path: str) -> None:
-        """Load ViT weights (and adapters, if the file has them) from a checkpoint in our layout.
+        """Load ViT weights (and adapters, if the file has them) from a VideoMAE-family checkpoint.
 
-        Every ViT tensor must be in the file. Keys of a final norm this model does not use are skipped; any other
-        unknown key, a missing key or a shape mismatch raises an error naming the file and the keys.
+        Files in the mmaction2/OpenTAD, MCG-NJU VideoMAE, VideoMAE-v2 or our layout are converted in memory
+        (:mod:`.videomae_pretrained`) and one line says what was renamed and dropped. Every ViT tensor must be in
+        the file. Keys of a final norm this model does not use are skipped; any other foreign key, a missing key or
+        a shape mismatch raises an error naming the file and the keys.
         """
-        state = read_state_dict(path)
+        conversion = convert_videomae_state_dict(read_videomae_file(path))
+        state = conversion.state_dict
         own = self.state_dict()
         if 'pos_embed' in state and 'pos_embed' not in own:
             raise ValueError(f'{path} has a learned pos_embed: build the backbone with use_learnable_pos_emb=True.')
         unused = sorted(k for k in state if k not in own and k.split('.')[0] in ('norm', 'fc_norm'))
-        unknown = sorted(k for k in state if k not in own and k not in unused)
+        unknown = conversion.unmapped + sorted(k for k in state if k not in own and k not in unused)
         missing = sorted(k for k in own if k not in state and not is_adapter_param(k))
         wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
                  for k in own if k in state and state[k].shape != own[k].shape]
@@ -173,11 +166,11 @@ class VisionTransformerAdapter(nn.Module):
                                         ('shape mismatches', wrong)) if keys]
         if problems:
             raise ValueError(f'pretrained checkpoint {path} does not fit {type(self).__name__}: '
-                             f'{"; ".join(problems)}. Convert VideoMAE/VideoMAE-v2/mmaction checkpoints with '
-                             f'{_CONVERTER} and check embed_dims/depth/patch_size/init_values.')
+                             f'{"; ".join(problems)}. Check embed_dims/depth/patch_size/init_values against the '
+                             f'file ({_CONVERTER} prints the arguments it needs).')
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        print_log(f'loaded {len(state) - len(unused)} tensors from {path}'
-                  + (f' (skipped the unused {unused})' if unused else ''), logger='current')
+        print_log(f'pretrained {path}: {conversion.summary()}'
+                  + (f'; skipped the unused final norm {unused}' if unused else ''), logger='current')
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
