@@ -212,3 +212,10 @@ def test_estimator_modes_and_gradients_reach_only_lora():
     assert result['pred_depth'].shape == (2, 28, 28) and result['pose_enc'].shape == (2, 9)
     assert result['scene'] == 's' and result['frame_names'] == ['a', 'b']
     assert torch.equal(result['gt_depth'], sample['depth'])
+    # The validation loss of predict is the training loss of the same batch (the seed's "Val Loss").
+    with torch.no_grad():
+        expected = sum(v for k, v in model(images, [sample], mode='loss').items() if 'loss' in k)
+    assert result['val_loss'] == pytest.approx(float(expected), rel=1e-6) and result['val_loss'] > 0
+    no_cameras = {k: v for k, v in sample.items() if k not in ('extrinsics', 'intrinsics')}
+    with torch.no_grad():
+        assert 'val_loss' not in model(images, [no_cameras], mode='predict')[0]  # nothing to score it against
