@@ -31,7 +31,7 @@ test_dataloader = val_dataloader
 
 lr = 1e-3  # the tiny random base needs a larger step than the seed's 1e-4
 optim_wrapper = dict(
-    generator=dict(optimizer=dict(lr=lr, backbone=dict(lr=lr), mano_head=dict(lr=lr))),
+    generator=dict(optimizer=dict(lr=lr)),
     discriminator=dict(optimizer=dict(lr=lr)))
 max_iters = 300
 checkpoint_steps = 100

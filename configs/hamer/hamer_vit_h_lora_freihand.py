@@ -20,7 +20,8 @@ test_dataloader = val_dataloader
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100),  # seed: GENERAL.LOG_STEPS
-    # Top-3 checkpoints by PA-MPJPE (seed: CHECKPOINT_SAVE_TOP_K 3) plus the latest ones.
+    # MMEngine keeps ONE best checkpoint by PA-MPJPE (best_hand_PA-MPJPE_iter_N.pth, replaced when beaten) plus the
+    # last three periodic ones (max_keep_ckpts=3); the seed's CHECKPOINT_SAVE_TOP_K 3 (three best) has no equivalent.
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=_base_.checkpoint_steps, max_keep_ckpts=3,
                     save_best='hand/PA-MPJPE', rule='less', save_last=True),
 )

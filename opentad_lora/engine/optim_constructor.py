@@ -30,13 +30,15 @@ _MULT_KEYS = {'lr_mult', 'decay_mult'}
 class _Setting:
     """What a rule assigns to a parameter. ``explicit_wd``: the rule named a weight decay, so the default
     no-decay exemption of norms/biases/1-D tensors does not apply. ``lr=None``/``weight_decay=None`` mean the
-    optimizer's own default."""
+    optimizer's own default. ``lr_key``: the config key that fixed the lr (None: derived from the optimizer's lr,
+    so overriding that lr reaches this parameter)."""
 
     label: str
     lr: Optional[float]
     weight_decay: Optional[float]
     explicit_wd: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
+    lr_key: Optional[str] = None
 
 
 _FROZEN = _Setting('frozen', 0.0, None)
@@ -59,6 +61,10 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     3. Everything else: the optimizer's lr/wd, with ``paramwise_cfg`` ``bias_lr_mult``, ``norm_decay_mult``,
        ``bias_decay_mult``, ``dwconv_decay_mult``, ``flat_decay_mult`` as in MMEngine.
 
+    The optimizer's ``lr`` must reach at least one trainable parameter (directly or through ``lr_mult``); when
+    every trainable parameter has its lr fixed by a rule, overriding it (``--cfg-options ...optimizer.lr=``) would
+    change nothing, so building stops with an error that names the keys that do set the lrs.
+
     Unless a rule names a weight decay (OpenTAD's ``weight_decay``, ``decay_mult``, a ``*_decay_mult``), norm
     weights, biases and other 1-D tensors get ``weight_decay=0``; ``paramwise_cfg.decay_norm_and_bias=True`` turns
     that off. Parameters with ``lr=0`` (or excluded) get ``requires_grad=False`` and are left out; frozen ones are
@@ -79,6 +85,7 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         cfg = dict(optim_wrapper_cfg)
         self.sub_constructors: Dict[str, 'LoRAOptimWrapperConstructor'] = {}
         self.modules: Optional[List[str]] = None  # parameter prefixes this optimizer owns (None: all)
+        self.cfg_key = 'optim_wrapper'  # where this optimizer's config sits, for error messages
         self.skip_modules: List[str] = []  # prefixes owned by sibling optimizers
         if 'optimizer' not in cfg:
             self._init_several(cfg, paramwise_cfg)
@@ -105,6 +112,7 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             modules = sub_cfg.pop('modules', None)
             sub = LoRAOptimWrapperConstructor(sub_cfg, sub_cfg.pop('paramwise_cfg', paramwise_cfg))
             sub.modules = [modules] if isinstance(modules, str) else (list(modules) if modules else None)
+            sub.cfg_key = f'optim_wrapper.{name}'
             self.sub_constructors[name] = sub
 
     @staticmethod
@@ -128,13 +136,16 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             relative = name[len(prefix) + 1:]
             lr = rule.get('lr', self.base_lr)
             wd = rule.get('weight_decay', self.base_wd)
-            for entry in rule.get('custom', []):
+            rule_key = f'{self.cfg_key}.optimizer.{prefix}.lr' if 'lr' in rule else None
+            for i, entry in enumerate(rule.get('custom', [])):
                 if entry['name'] in relative:
+                    entry_key = f'{self.cfg_key}.optimizer.{prefix}.custom[{i}].lr' if 'lr' in entry else rule_key
                     return _Setting(f'{prefix}.custom[{entry["name"]}]', entry.get('lr', lr),
-                                    entry.get('weight_decay', wd), 'weight_decay' in entry or 'weight_decay' in rule)
+                                    entry.get('weight_decay', wd), 'weight_decay' in entry or 'weight_decay' in rule,
+                                    lr_key=entry_key)
             if any(excluded in relative for excluded in rule.get('exclude', [])):
                 return _FROZEN
-            return _Setting(prefix, lr, wd, 'weight_decay' in rule)
+            return _Setting(prefix, lr, wd, 'weight_decay' in rule, lr_key=rule_key)
         return None
 
     def _custom_key_setting(self, name: str) -> Optional[_Setting]:
@@ -147,7 +158,8 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 wd = self.base_wd if 'decay_mult' not in options else self.base_wd * options['decay_mult']
                 extra = {k: v for k, v in options.items() if k not in _MULT_KEYS}
                 lr, wd = extra.pop('lr', lr), extra.pop('weight_decay', wd)
-                return _Setting(f'custom_keys[{key}]', lr, wd, explicit, extra)
+                lr_key = f'{self.cfg_key}.paramwise_cfg.custom_keys[{key!r}].lr' if 'lr' in options else None
+                return _Setting(f'custom_keys[{key}]', lr, wd, explicit, extra, lr_key)
         return None
 
     def _default_setting(self, short_name: str, module: nn.Module, param: nn.Parameter) -> _Setting:
@@ -169,8 +181,18 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if setting is _FROZEN or setting.explicit_wd or self.decay_norm_and_bias:
             return setting
         if param.ndim <= 1 or short_name == 'bias' or isinstance(module, NORM_TYPES):
-            return _Setting(f'{setting.label}.no_decay', setting.lr, 0.0, True, setting.extra)
+            return _Setting(f'{setting.label}.no_decay', setting.lr, 0.0, True, setting.extra, setting.lr_key)
         return setting
+
+    def _check_base_lr_is_used(self, lr_keys: List[Optional[str]]) -> None:
+        """Refuse an optimizer ``lr`` that no trainable parameter uses (an override of it would be lost)."""
+        if self.base_lr is None or not lr_keys or None in lr_keys:
+            return
+        keys = sorted(set(lr_keys))
+        raise ValueError(f'{self.cfg_key}.optimizer.lr={self.base_lr:g} is the lr of no trainable parameter: every '
+                         f'one takes its lr from {", ".join(keys)}. Set the lr there (e.g. with --cfg-options), or '
+                         'drop those "lr" entries (or use paramwise_cfg lr_mult) so the parts follow '
+                         f'{self.cfg_key}.optimizer.lr.')
 
     # --- building ----------------------------------------------------------------------------------------------
 
@@ -192,6 +214,7 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """The grouped param groups for ``model`` (unwrapped); freezes its ``lr=0``/excluded parameters."""
         groups: Dict[str, Dict[str, Any]] = {}
         labels: Dict[str, List[str]] = {}
+        lr_keys: List[Optional[str]] = []
         frozen_now = [0, 0]
         for name, short_name, module, param in self._named_parameters(model):
             if not param.requires_grad or not self._owns(name):
@@ -211,6 +234,7 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     groups[key]['weight_decay'] = setting.weight_decay
                 labels[key] = []
             groups[key]['params'].append(param)
+            lr_keys.append(setting.lr_key)
             if setting.label not in labels[key]:
                 labels[key].append(setting.label)
         for key, group in groups.items():
@@ -224,6 +248,7 @@ class LoRAOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if not groups:
             raise ValueError(f'No trainable parameters left for the optimizer of {type(model).__name__} '
                              '(all are frozen, excluded or have lr=0).')
+        self._check_base_lr_is_used(lr_keys)
         return list(groups.values())
 
     def __call__(self, model: nn.Module) -> Union[OptimWrapper, OptimWrapperDict]:

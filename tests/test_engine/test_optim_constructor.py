@@ -215,3 +215,56 @@ def test_format_param_groups_counts():
     first = table[2].split()
     lora_adapter = [p for n, p in model.named_parameters() if 'lora_' in n or 'adapter' in n]
     assert first[-4:] == [str(len(lora_adapter)), f'{sum(p.numel() for p in lora_adapter):,}', '0.0002', '0.05']
+
+
+class HandModel(nn.Module):
+    """HaMeR's part names: LoRA backbone and mano_head (the generator) and a LoRA discriminator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(4, 4))
+        self.mano_head = nn.Sequential(nn.Linear(4, 3))
+        self.discriminator = nn.Sequential(nn.Linear(3, 1))
+        for part in (self.backbone, self.mano_head, self.discriminator):
+            apply_lora(part, dict(r=2, targets=['0']))
+
+
+def test_hamer_config_lr_override_reaches_every_trainable_tensor():
+    """The seed's TRAIN.LR=5e-5 as --cfg-options on the shipped HaMeR schedule: every group takes the new lr."""
+    from pathlib import Path
+
+    from mmengine.config import Config
+    init_default_scope('opentad_lora')
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[2] / 'configs/hamer/_base_/adversarial_schedule.py'))
+    cfg.merge_from_dict({'optim_wrapper.generator.optimizer.lr': 5e-5,
+                         'optim_wrapper.discriminator.optimizer.lr': 5e-5})
+    model = HandModel()
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lrs = {(name, g['lr']) for name in ('generator', 'discriminator') for g in wrapper[name].optimizer.param_groups}
+    assert lrs == {('generator', 5e-5), ('discriminator', 5e-5)}
+    optimised = {id(p) for name in ('generator', 'discriminator') for g in wrapper[name].optimizer.param_groups
+                 for p in g['params']}
+    assert optimised == {id(p) for p in model.parameters() if p.requires_grad} and len(optimised) == 6
+
+
+def test_an_optimizer_lr_that_reaches_no_parameter_is_refused_naming_the_keys():
+    """Sub-dicts with their own lr used to swallow an override of the optimizer lr silently."""
+    model = HandModel()
+    shadowed = dict(type='AdamW', lr=5e-5, backbone=dict(lr=1e-4), mano_head=dict(lr=1e-4))
+    build = LoRAOptimWrapperConstructor(dict(generator=dict(optimizer=shadowed, modules=['backbone', 'mano_head']),
+                                             discriminator=dict(optimizer=dict(type='AdamW', lr=1e-4))))
+    with pytest.raises(ValueError, match=r'optim_wrapper\.generator\.optimizer\.lr=5e-05 is the lr of no trainable '
+                                         r'parameter: every one takes its lr from optim_wrapper\.generator\.optimizer'
+                                         r'\.backbone\.lr, optim_wrapper\.generator\.optimizer\.mano_head\.lr\.'):
+        build(model)
+    custom = dict(type='SGD', lr=0.1, backbone=dict(lr=0, custom=[dict(name='lora_', lr=0.2)]))
+    with pytest.raises(ValueError, match=r"from optim_wrapper\.optimizer\.backbone\.custom\[0\]\.lr, "
+                                         r"optim_wrapper\.paramwise_cfg\.custom_keys\['discriminator'\]\.lr, "
+                                         r"optim_wrapper\.paramwise_cfg\.custom_keys\['mano_head'\]\.lr\."):
+        LoRAOptimWrapperConstructor(dict(optimizer=custom), dict(custom_keys={'mano_head': dict(lr=0.3),
+                                                                              'discriminator': dict(lr=0.3)}))(
+            HandModel())
+    # One part following the optimizer lr is enough; a prefix rule without lr follows it too.
+    wrapper = LoRAOptimWrapperConstructor(dict(optimizer=dict(type='SGD', lr=0.1, backbone=dict(lr=0.01),
+                                                              mano_head=dict(weight_decay=0.0))))(HandModel())
+    assert sorted(g['lr'] for g in wrapper.optimizer.param_groups) == [0.01, 0.1, 0.1]  # mano_head: own wd

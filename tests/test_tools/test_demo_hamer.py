@@ -5,7 +5,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 import opentad_lora.datasets  # noqa: F401  (registers everything the config names)
@@ -98,3 +100,60 @@ def test_demo_writes_pngs_and_readable_meshes_and_mirrors_left_hands(trained, lo
     np.testing.assert_array_equal(left_f, right_f[:, ::-1])
     # Overlays differ from the input only where the mesh was drawn.
     assert not np.array_equal(cv2.imread(str(out / 'right_overlay.png')), image)
+
+
+def _fit_crop_camera(joints: torch.Tensor, keypoints_2d: torch.Tensor) -> torch.Tensor:
+    """Least-squares weak-perspective camera ``(s, tx, ty)`` with ``kp = s / 2 * (xy + t)`` (HaMeR's crop camera:
+    focal f/256 at depth 2f/(256 s) scales by s/2)."""
+    n = len(joints)
+    design = torch.zeros(2 * n, 3, dtype=torch.float64)
+    design[:n, 0], design[:n, 1] = joints[:, 0], 1.0
+    design[n:, 0], design[n:, 2] = joints[:, 1], 1.0
+    target = torch.cat([keypoints_2d[:, 0], keypoints_2d[:, 1]])
+    a, b, c = torch.linalg.lstsq(design, target[:, None]).solution[:, 0]
+    return torch.stack([2 * a, b / a, c / a])[None]
+
+
+def test_demo_camera_puts_ground_truth_hands_where_the_image_has_them(trained, load_tool):
+    """Ground-truth MANO parameters + the crop camera they imply, through the demo's placement and rendering: the
+    overlay covers the hand's pixels in the image, the mesh keeps its metric size, and the depth is the true one
+    with the true focal length (HaMeR's default focal scales it by default focal / true focal)."""
+    from opentad_lora.models.hamer import MANOLayer, cam_to_translation, perspective_projection
+    from opentad_lora.models.hamer.renderer import render_mesh
+    from opentad_lora.registry import DATASETS
+    demo = load_tool('demo_hamer')
+    init_default_scope('opentad_lora')
+    cfg = Config.fromfile(str(trained / 'config.py'))
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    mano = MANOLayer(model_path=str(trained / 'data' / 'MANO_RIGHT.pkl'))
+    for index in range(len(dataset)):
+        info = dataset.get_data_info(index)
+        image = cv2.imread(info['img_path'])
+        sample = dataset[index]['data_samples']
+        with torch.no_grad():
+            hand = mano(sample['global_orient'][None], sample['hand_pose'][None], sample['betas'][None])
+        cam = _fit_crop_camera(hand['joints'][0].double(), sample['keypoints_2d'][:, :2].double())
+        # The training targets agree with the model's camera: projecting through it lands on them (1% of the crop on
+        # average; up to 3% where the wide true lens has perspective the crop camera does not model).
+        projected = perspective_projection(hand['joints'].double(), cam_to_translation(cam, 5000.0, 256),
+                                           torch.full((1, 2), 5000.0 / 256, dtype=torch.float64))[0]
+        error = (projected - sample['keypoints_2d'][:, :2]).abs()
+        assert error.mean() < 0.01 and error.max() < 0.03
+        assert 2.0 < float(cam[0, 0]) < 20.0  # a hand filling half the crop: s = 2 * 0.5 / ~0.18 m
+        crop = [(sample['box_center'].numpy(), float(sample['box_size']), True)]
+        gt_vertices, K = sample['vertices'].double().numpy(), sample['K'].double().numpy()
+        _, gt_mask = render_mesh(gt_vertices, mano.faces, K, image.shape[:2])
+        # HaMeR's default focal (a narrow lens, like the crop camera): the overlay matches the hand's pixels and the
+        # depth is the true one scaled by default / true focal. The true (wide, ~2.2x the width) lens: the depth is
+        # about the true one; the weak-perspective crop camera then misses some perspective, so overlap is looser.
+        default_focal = 5000.0 / 256 * max(image.shape[:2])
+        for focal, min_iou, depth_rtol in ((default_focal, 0.8, 0.1), (float(K[0, 0]), 0.65, 0.2)):
+            placed = demo.place_hands(cam.float(), hand['vertices'], mano.faces, crop, image.shape[:2], focal)
+            overlay, masks, _ = demo.draw_hands(image, placed)
+            vertices = placed[0]['vertices']
+            np.testing.assert_allclose(vertices - vertices.mean(0), gt_vertices - gt_vertices.mean(0), atol=1e-4)
+            iou = (masks[0] & gt_mask).sum() / (masks[0] | gt_mask).sum()
+            assert iou > min_iou and 0.75 < masks[0].sum() / gt_mask.sum() < 1.33, (index, focal, iou)
+            assert not np.array_equal(overlay[gt_mask], image[gt_mask])
+            depth_ratio = vertices[:, 2].mean() / gt_vertices[:, 2].mean()
+            np.testing.assert_allclose(depth_ratio, focal / K[0, 0], rtol=depth_rtol)

@@ -26,6 +26,7 @@ class Frame:
     name: str
     image_path: str
     depth_path: Optional[str]
+    mask_path: Optional[str]
     rotation: np.ndarray
     translation: np.ndarray
     intrinsics: np.ndarray
@@ -45,6 +46,11 @@ class COLMAPMultiViewDataset(Dataset):
     window's first frame plus random others of the scene. Images are resized to ``img_size`` with the intrinsics
     adjusted; depth is the ground truth (``'dense'``) or the model's 3D points projected into each view
     (``'sparse'``, only points the image observes, so occluded points never count).
+
+    ETH3D's occlusion masks (``masks_for_images/dslr_images/<image stem>.png`` in the multi-view training data) are
+    used when present: every pixel whose mask value is not 0 (a label for regions the laser ground truth does not
+    describe, e.g. occluders missing from the scan) is left out of ``valid_mask``, for both depth sources. Frames
+    without a mask file are used as they are; ``metainfo['masked_frames']`` counts the frames that have one.
 
     A sample is ``dict(inputs=(S, 3, H, W) float in [0, 1], data_samples=BaseDataElement)`` whose data fields are
     ``depth`` and ``valid_mask`` (S, H, W), ``extrinsics`` (S, 3, 4, world-to-camera) and ``intrinsics`` (S, 3, 3),
@@ -67,6 +73,7 @@ class COLMAPMultiViewDataset(Dataset):
         depth_dir: Dense depth directory inside a scene (None: no dense depth).
         depth_format: ``'eth3d'`` (raw float32 of the camera's size) or ``'npy'``.
         model_format: ``'auto'``, ``'.txt'`` or ``'.bin'``.
+        mask_dir: Occlusion-mask directory inside a scene (``<stem>.png``, 0 = usable); None: no masks.
     """
 
     def __init__(self, data_root: str, scenes: Optional[Sequence[str]] = None, num_views: int = 8,
@@ -75,7 +82,7 @@ class COLMAPMultiViewDataset(Dataset):
                  depth_range: Sequence[float] = (1e-5, float('inf')),
                  sparse_dir: str = 'dslr_calibration_undistorted', image_dir: str = 'images',
                  depth_dir: Optional[str] = 'ground_truth_depth/dslr_images', depth_format: str = 'eth3d',
-                 model_format: str = 'auto') -> None:
+                 model_format: str = 'auto', mask_dir: Optional[str] = 'masks_for_images/dslr_images') -> None:
         super().__init__()
         checks = dict(sampling=(sampling, ('window', 'random')), split=(split, ('all', 'train', 'val')),
                       depth_source=(depth_source, ('sparse', 'dense')), depth_format=(depth_format, ('eth3d', 'npy')))
@@ -101,7 +108,7 @@ class COLMAPMultiViewDataset(Dataset):
         self.frames: Dict[str, List[Frame]] = {}
         self.windows: List[Tuple[str, int]] = []
         for scene in scenes:
-            frames = self._load_scene(scene, sparse_dir, image_dir, depth_dir, model_format)
+            frames = self._load_scene(scene, sparse_dir, image_dir, depth_dir, model_format, mask_dir)
             cut = int(round(len(frames) * train_ratio))
             frames = {'all': frames, 'train': frames[:cut], 'val': frames[cut:]}[split]
             if len(frames) < num_views:
@@ -112,10 +119,11 @@ class COLMAPMultiViewDataset(Dataset):
             if starts[-1] != len(frames) - num_views:
                 starts.append(len(frames) - num_views)
             self.windows += [(scene, start) for start in starts]
-        self.metainfo = dict(dataset_name='COLMAPMultiViewDataset', scenes=list(self.frames))
+        masked = sum(f.mask_path is not None for frames in self.frames.values() for f in frames)
+        self.metainfo = dict(dataset_name='COLMAPMultiViewDataset', scenes=list(self.frames), masked_frames=masked)
 
     def _load_scene(self, scene: str, sparse_dir: str, image_dir: str, depth_dir: Optional[str],
-                    model_format: str) -> List[Frame]:
+                    model_format: str, mask_dir: Optional[str]) -> List[Frame]:
         root = os.path.join(self.data_root, scene)
         model = read_model(os.path.join(root, sparse_dir), model_format)
         frames = []
@@ -123,12 +131,15 @@ class COLMAPMultiViewDataset(Dataset):
             camera = model.cameras[image.camera_id]
             observed = image.point3D_ids[image.point3D_ids >= 0]
             points = np.array([model.points3D[int(i)].xyz for i in observed if int(i) in model.points3D])
-            depth_path = None
+            depth_path = mask_path = None
+            base = os.path.basename(image.name)
             if depth_dir is not None:
-                stem = os.path.basename(image.name)
-                depth_path = os.path.join(root, depth_dir, stem if self.depth_format == 'eth3d' else
-                                          os.path.splitext(stem)[0] + '.npy')
-            frames.append(Frame(scene, image.name, os.path.join(root, image_dir, image.name), depth_path,
+                depth_path = os.path.join(root, depth_dir, base if self.depth_format == 'eth3d' else
+                                          os.path.splitext(base)[0] + '.npy')
+            if mask_dir is not None:
+                mask_path = os.path.join(root, mask_dir, os.path.splitext(base)[0] + '.png')
+                mask_path = mask_path if os.path.isfile(mask_path) else None
+            frames.append(Frame(scene, image.name, os.path.join(root, image_dir, image.name), depth_path, mask_path,
                                 qvec_to_rotmat(image.qvec), np.asarray(image.tvec, dtype=np.float64),
                                 camera_intrinsics(camera), (camera.height, camera.width), points.reshape(-1, 3)))
         return frames
@@ -171,10 +182,21 @@ class COLMAPMultiViewDataset(Dataset):
         else:
             depth = sparse_depth_map(frame.points, frame.rotation, frame.translation, intrinsics, height, width)
         valid = np.isfinite(depth) & (depth >= self.depth_range[0]) & (depth <= self.depth_range[1])
+        if frame.mask_path is not None:
+            valid &= resize_nearest(self._read_mask(frame.mask_path), height, width) == 0
         return dict(image=np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0,
                     depth=np.where(valid, depth, 0.0).astype(np.float32), valid_mask=valid,
                     extrinsics=np.concatenate([frame.rotation, frame.translation[:, None]], 1).astype(np.float32),
                     intrinsics=intrinsics.astype(np.float32))
+
+    @staticmethod
+    def _read_mask(path: str) -> np.ndarray:
+        """An occlusion mask as a 2D array of labels (0 = usable)."""
+        mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if mask is None or mask.ndim != 2:
+            raise ValueError(f'{path}: not a single-channel mask image '
+                             f'({"unreadable" if mask is None else f"shape {mask.shape}"}).')
+        return mask
 
     def _read_depth(self, frame: Frame) -> np.ndarray:
         if frame.depth_path is None or not os.path.isfile(frame.depth_path):

@@ -1,4 +1,5 @@
-"""``DepthMetric``: AbsRel, δ<1.25 (and SqRel, RMSE, RMSE-log, δ², δ³) after alignment, per scene and mean."""
+"""``DepthMetric``: AbsRel, MAE, δ<1.25 (and SqRel, RMSE, RMSE-log, log10, SILog, i-RMSE, δ², δ³) after alignment,
+per scene and mean, plus the validation loss the model reports."""
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -16,10 +17,14 @@ class DepthMetric(BaseMetric):
     Every frame of every predicted sequence is one image: the prediction is aligned to the ground truth on the valid
     pixels (least-squares scale and shift, or median scaling), clipped to ``[min_depth, max_depth]`` and scored. The
     results are the mean over all images (``depth/abs_rel``...) and the mean over the images of each scene
-    (``depth/<scene>/abs_rel``...); AbsRel and δ are fractions (multiply by 100 for the papers' tables).
+    (``depth/<scene>/abs_rel``...); AbsRel and δ are fractions (multiply by 100 for the papers' tables). MAE is
+    the seed's "Depth MAE", in the ground truth's units (metres for ETH3D) after alignment. The names and formulas
+    are in :func:`~opentad_lora.evaluation.depth.functional.depth_error_metrics`.
 
     Each prediction (a dict) must hold ``pred_depth`` and ``gt_depth`` of shape (S, H, W) and may hold
-    ``valid_mask`` (S, H, W), ``scene`` (str) and ``frame_names`` (S names).
+    ``valid_mask`` (S, H, W), ``scene`` (str), ``frame_names`` (S names) and ``val_loss`` (the training loss of its
+    batch, from ``DepthEstimator.predict``): their mean over the samples is reported as ``depth/val_loss``, the
+    seed's validation loss.
 
     Args:
         alignment: ``'least_squares'`` (scale and shift, Marigold), ``'median'`` (scale only) or ``'none'``.
@@ -72,13 +77,17 @@ class DepthMetric(BaseMetric):
                                                 self.max_depth)
                 frames.append(dict(scene=scene, frame=str(names[index]), **{k: metrics[k] for k in METRIC_NAMES}))
             # One result per sample: MMEngine keeps len(dataset) results when it gathers them across ranks.
-            self.results.append(frames)
+            loss = sample.get('val_loss')
+            self.results.append(dict(frames=frames, val_loss=None if loss is None else float(loss)))
 
-    def compute_metrics(self, results: List[List[dict]]) -> Dict[str, float]:
-        results = [frame for frames in results for frame in frames]
+    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+        losses = [r['val_loss'] for r in results if r['val_loss'] is not None]
+        results = [frame for r in results for frame in r['frames']]
         if not results:
             raise ValueError('DepthMetric got no frame with a valid ground-truth pixel.')
         out = {name: sum(r[name] for r in results) / len(results) for name in METRIC_NAMES}
+        if losses:
+            out['val_loss'] = sum(losses) / len(losses)
         if self.per_scene:
             by_scene = defaultdict(list)
             for result in results:

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 ALIGNMENTS = ('least_squares', 'median', 'none')
-METRIC_NAMES = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'delta1', 'delta2', 'delta3')
+METRIC_NAMES = ('abs_rel', 'sq_rel', 'mae', 'rmse', 'rmse_log', 'log10', 'silog', 'irmse', 'delta1', 'delta2',
+                'delta3')
 
 
 def valid_depth_mask(gt: Tensor, mask: Optional[Tensor] = None, min_depth: float = 1e-5,
@@ -73,8 +74,11 @@ def align_depth(pred: Tensor, gt: Tensor, mask: Tensor,
 
 
 def depth_error_metrics(pred: Tensor, gt: Tensor, mask: Tensor) -> Dict[str, float]:
-    """AbsRel, SqRel, RMSE, RMSE-log and the threshold accuracies δ<1.25^k (k=1,2,3) over ``mask``.
+    """Error and accuracy metrics over ``mask`` (Marigold's list plus the seed's MAE), ``d`` = pred, ``g`` = gt:
 
+    AbsRel ``mean |d-g|/g``, SqRel ``mean (d-g)^2/g``, MAE ``mean |d-g|`` (depth units), RMSE, RMSE-log
+    ``sqrt(mean (ln d - ln g)^2)``, log10 ``mean |log10 d - log10 g|``, SILog ``100 sqrt(mean e^2 - (mean e)^2)``
+    with ``e = ln d - ln g``, i-RMSE ``sqrt(mean (1/d - 1/g)^2)`` and the accuracies δ<1.25^k (k=1,2,3).
     ``pred`` must already be aligned and positive on ``mask`` (see :func:`compute_depth_metrics`).
     """
     x = pred[mask].double()
@@ -82,12 +86,17 @@ def depth_error_metrics(pred: Tensor, gt: Tensor, mask: Tensor) -> Dict[str, flo
     if x.numel() == 0:
         raise ValueError('No valid pixel to evaluate.')
     diff = x - y
+    log_diff = x.log() - y.log()
     ratio = torch.maximum(x / y, y / x)
     return dict(
         abs_rel=float((diff.abs() / y).mean()),
         sq_rel=float((diff ** 2 / y).mean()),
+        mae=float(diff.abs().mean()),
         rmse=float(diff.pow(2).mean().sqrt()),
-        rmse_log=float((x.log() - y.log()).pow(2).mean().sqrt()),
+        rmse_log=float(log_diff.pow(2).mean().sqrt()),
+        log10=float((x.log10() - y.log10()).abs().mean()),
+        silog=float(100 * (log_diff.pow(2).mean() - log_diff.mean() ** 2).clamp(min=0).sqrt()),
+        irmse=float((1 / x - 1 / y).pow(2).mean().sqrt()),
         delta1=float((ratio < 1.25).double().mean()),
         delta2=float((ratio < 1.25 ** 2).double().mean()),
         delta3=float((ratio < 1.25 ** 3).double().mean()),

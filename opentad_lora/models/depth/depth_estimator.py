@@ -123,9 +123,12 @@ class DepthEstimator(BaseModel):
 
     def loss(self, images: Tensor, data_samples: List[Any]) -> Dict[str, Tensor]:
         """VGGT's losses against the (normalised) ground truth of ``data_samples``."""
+        return self.loss_of(self.predict_raw(images), images, data_samples)
+
+    def loss_of(self, preds: Dict[str, Any], images: Tensor, data_samples: List[Any]) -> Dict[str, Tensor]:
+        """The losses of :meth:`predict_raw` outputs ``preds`` against ``data_samples``."""
         gt_depth = self._batch(data_samples, 'depth').to(images)
         valid = self._batch(data_samples, 'valid_mask').to(images.device).bool()
-        preds = self.predict_raw(images)
         gt_pose = None
         if 'pose_enc_list' in preds or self.normalize_gt:
             extrinsics = self._batch(data_samples, 'extrinsics').to(images)
@@ -138,14 +141,27 @@ class DepthEstimator(BaseModel):
 
     def predict(self, images: Tensor, data_samples: Samples = None) -> List[Dict[str, Any]]:
         """One dict per sequence: ``pred_depth``, ``pred_conf`` (S, H, W), ``pose_enc`` (S, 9) with a camera head,
-        and the sample's ``depth``/``valid_mask`` as ``gt_depth``/``valid_mask``, ``scene`` and ``frame_names``."""
+        and the sample's ``depth``/``valid_mask`` as ``gt_depth``/``valid_mask``, ``scene`` and ``frame_names``.
+
+        When the samples carry what training needs (depth, mask and, for the camera or the normalisation, the
+        cameras), each dict also gets ``val_loss``: the summed training loss of the batch (the seed's validation
+        loss; ``DepthMetric`` averages it over the samples)."""
         preds = self.predict_raw(images)
+        val_loss = None
+        needed = ['depth', 'valid_mask']
+        if 'pose_enc_list' in preds or self.normalize_gt:
+            needed += ['extrinsics', 'intrinsics']
+        if data_samples and all(key in sample for sample in data_samples for key in needed):
+            losses = self.loss_of(preds, images, data_samples)
+            val_loss = float(sum(value for key, value in losses.items() if 'loss' in key))
         results = []
         for index in range(images.shape[0]):
             result = dict(pred_depth=preds['depth'][index].detach().cpu(),
                           pred_conf=preds['depth_conf'][index].detach().cpu())
             if 'pose_enc_list' in preds:
                 result['pose_enc'] = preds['pose_enc_list'][-1][index].detach().cpu()
+            if val_loss is not None:
+                result['val_loss'] = val_loss
             if data_samples is not None:
                 sample = data_samples[index]
                 result.update(gt_depth=torch.as_tensor(sample.get('depth')).cpu(),

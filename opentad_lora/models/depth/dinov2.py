@@ -24,7 +24,8 @@ class DinoV2PatchEmbed(nn.Module):
     """DINOv2 ViT returning its final-normed patch tokens (``x_norm_patchtokens``).
 
     Args:
-        img_size: Square image size the learned ``pos_embed`` is stored for (bicubically resized for others).
+        img_size: Square image size the learned ``pos_embed`` is stored for; other sizes resize it as VGGT's
+            DINOv2 does (bicubic with anti-aliasing, to the exact token grid, no scale-factor offset).
         patch_size: Patch size.
         embed_dim: Token width.
         depth: Number of blocks.
@@ -61,7 +62,7 @@ class DinoV2PatchEmbed(nn.Module):
         """(N, 3, H, W) normalised images -> (N, H/p * W/p, C) patch tokens after the final norm."""
         tokens = self.patch_embed(images)
         grid = self.patch_embed.output_grid(tuple(images.shape[-2:]))
-        pos_embed = resize_pos_embed(self.pos_embed, self.grid_size, grid, num_prefix_tokens=1)
+        pos_embed = resize_pos_embed(self.pos_embed, self.grid_size, grid, num_prefix_tokens=1, antialias=True)
         tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1) + pos_embed
         tokens = torch.cat([tokens[:, :1], self.register_tokens.expand(len(tokens), -1, -1), tokens[:, 1:]], dim=1)
         tokens = checkpoint_seq(self.blocks, tokens, enabled=self.with_cp and self.training)

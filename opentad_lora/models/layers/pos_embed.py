@@ -58,11 +58,14 @@ def sincos_3d(embed_dim: int, grid_size: Sequence[int], temperature: float = 100
 
 
 def resize_pos_embed(pos_embed: Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int],
-                     num_prefix_tokens: int = 0, mode: str = 'bicubic') -> Tensor:
+                     num_prefix_tokens: int = 0, mode: str = 'bicubic', antialias: bool = False) -> Tensor:
     """Interpolate a learned (1, prefix + rows*cols, C) position embedding to another token grid.
 
     Prefix tokens (class/register tokens) are kept as they are; the grid part is resampled as an image, which is
-    how a checkpoint trained at one resolution is used at another (timm's ``resample_abs_pos_embed``).
+    how a checkpoint trained at one resolution is used at another (timm's ``resample_abs_pos_embed``). The call is
+    ``F.interpolate(grid, size=new_grid, mode=mode, antialias=antialias, align_corners=False)`` in float32;
+    ``antialias=True`` is what DINOv2 inside VGGT uses (torch's anti-aliased bicubic also has another kernel, so
+    it differs from the plain one even when upsampling).
     """
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
@@ -71,6 +74,6 @@ def resize_pos_embed(pos_embed: Tensor, old_grid: Tuple[int, int], new_grid: Tup
         raise ValueError(f'pos_embed has {grid.shape[1]} grid tokens, not {old_grid[0]}x{old_grid[1]}.')
     channels = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], channels).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, align_corners=False)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode=mode, align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], channels).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)

@@ -127,3 +127,33 @@ def test_bad_inputs_name_the_file_or_option(data_root, tmp_path):
     frame.image_path = str(tmp_path / 'gone.png')
     with pytest.raises(FileNotFoundError, match='gone.png'):
         dataset[0]
+
+
+def test_eth3d_occlusion_masks_remove_their_labelled_pixels(tmp_path):
+    import cv2
+    make_synthetic_scene(str(tmp_path), 'scene', num_frames=3, height=HEIGHT, width=WIDTH, points_per_image=80, seed=3)
+    plain = _dataset(str(tmp_path), depth_source='dense')
+    first, second = plain.frames['scene'][0], plain.frames['scene'][1]
+    # ETH3D's layout: masks_for_images/dslr_images/<stem>.png at the camera's resolution (here 2x the output).
+    mask = np.zeros((2 * HEIGHT, 2 * WIDTH), np.uint8)
+    mask[4:30, 10:50] = 1
+    mask[40:, 60:] = 2
+    mask_dir = tmp_path / 'scene' / 'masks_for_images' / 'dslr_images'
+    mask_dir.mkdir(parents=True)
+    stem = os.path.splitext(os.path.basename(first.name))[0]
+    assert cv2.imwrite(str(mask_dir / f'{stem}.png'), mask)
+    masked = _dataset(str(tmp_path), depth_source='dense')
+    assert masked.metainfo['masked_frames'] == 1 and plain.metainfo['masked_frames'] == 0
+    before, after = plain[0]['data_samples'], masked[0]['data_samples']
+    assert after.frame_names[:2] == [first.name, second.name]
+    keep = mask[1::2, 1::2] == 0  # nearest resize samples the pixel centres
+    assert (before.valid_mask[0].numpy() & ~keep).sum() > 100  # the mask does cover valid ground truth
+    np.testing.assert_array_equal(after.valid_mask[0].numpy(), before.valid_mask[0].numpy() & keep)
+    np.testing.assert_array_equal(after.depth[0].numpy(), np.where(keep, before.depth[0].numpy(), 0))
+    assert torch.equal(after.valid_mask[1:], before.valid_mask[1:])  # frames without a mask file are unchanged
+    sparse_before = _dataset(str(tmp_path), mask_dir=None)[0]['data_samples'].valid_mask[0].numpy()
+    sparse_after = _dataset(str(tmp_path))[0]['data_samples'].valid_mask[0].numpy()
+    np.testing.assert_array_equal(sparse_after, sparse_before & keep)
+    assert cv2.imwrite(str(mask_dir / f'{stem}.png'), np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+    with pytest.raises(ValueError, match=f'{stem}.png: not a single-channel mask'):
+        _dataset(str(tmp_path))[0]

@@ -50,6 +50,12 @@ def test_error_metrics_by_hand():
     assert m['sq_rel'] == pytest.approx((0.01 / 1 + 0.25 / 2 + 0 + 25 / 5) / 4)
     assert m['rmse'] == pytest.approx(math.sqrt((0.01 + 0.25 + 0 + 25) / 4))
     assert m['rmse_log'] == pytest.approx(math.sqrt((math.log(1.1) ** 2 + math.log(0.75) ** 2 + math.log(2) ** 2) / 4))
+    assert m['mae'] == pytest.approx((0.1 + 0.5 + 0 + 5.0) / 4)
+    assert m['log10'] == pytest.approx((math.log10(1.1) + abs(math.log10(0.75)) + 0 + math.log10(2)) / 4)
+    e = [math.log(1.1), math.log(0.75), 0.0, math.log(2)]
+    assert m['silog'] == pytest.approx(100 * math.sqrt(sum(v * v for v in e) / 4 - (sum(e) / 4) ** 2))
+    assert m['irmse'] == pytest.approx(math.sqrt(((1 / 1.1 - 1) ** 2 + (1 / 1.5 - 1 / 2) ** 2 + 0
+                                                  + (1 / 10 - 1 / 5) ** 2) / 4))
     # max ratios: 1.1, 1.333, 1.0, 2.0
     assert m['delta1'] == pytest.approx(0.5)
     assert m['delta2'] == pytest.approx(0.75)
@@ -90,11 +96,22 @@ def test_depth_metric_averages_per_image_and_per_scene():
     metric = DepthMetric(alignment='none')
     metric.process(None, [_sample('a', gt_a.clone(), gt_a), _sample('b', pred_b, gt_b, no_valid)])
     out = metric.compute_metrics(metric.results)
-    assert [len(frames) for frames in metric.results] == [1, 1]  # one result per sample; the empty frame skipped
+    assert [len(r['frames']) for r in metric.results] == [1, 1]  # one result per sample; the empty frame skipped
     assert out['a/abs_rel'] == pytest.approx(0.0)
     assert out['b/abs_rel'] == pytest.approx(0.3375)
     assert out['abs_rel'] == pytest.approx(0.3375 / 2)
     assert out['b/delta1'] == pytest.approx(0.5) and out['delta1'] == pytest.approx(0.75)
+    assert out['b/mae'] == pytest.approx((0.1 + 0.5 + 0 + 5.0) / 4) and out['mae'] == pytest.approx(5.6 / 8)
+    assert 'val_loss' not in out
+
+
+def test_depth_metric_reports_the_mean_validation_loss():
+    gt = torch.rand(1, 4, 4) + 1
+    metric = DepthMetric(alignment='none')
+    metric.process(None, [dict(_sample('a', gt.clone(), gt), val_loss=2.0), dict(_sample('a', gt, gt), val_loss=3.0),
+                          dict(_sample('b', gt, gt), val_loss=torch.tensor(7.0))])
+    out = metric.evaluate(size=3)
+    assert out['depth/val_loss'] == pytest.approx(4.0) and 'depth/a/val_loss' not in out
 
 
 def test_sequence_alignment_shares_one_scale_across_views():

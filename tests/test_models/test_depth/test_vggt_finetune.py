@@ -67,6 +67,8 @@ def test_lora_finetuning_lowers_abs_rel_and_test_tool_rebuilds_it(tmp_path):
     last_val = [json.loads(line) for line in scalars if 'depth/abs_rel' in line][-1]
     assert last_val['depth/abs_rel'] == pytest.approx(after, rel=1e-6)
     assert 0 <= metrics['depth/delta1'] <= 1 and 'depth/scene_00/abs_rel' in metrics
-    frames = sorted(p.name for p in (show_dir / 'scene_00').iterdir())
-    assert frames == sorted(f'frame_{i:04d}_{kind}.png' for i in range(6, 10)
-                            for kind in ('depth', 'gt', 'error', 'confidence'))
+    # One figure per test sequence (windows of the 4 test frames), named by its first and last frame.
+    windows = COLMAPMultiViewDataset(**{k: v for k, v in cfg.test_dataloader.dataset.items() if k != 'type'})
+    expected = [f'{names[0]}-{names[-1]}.png' for names in
+                ([Path(n).stem for n in windows[i]['data_samples'].frame_names] for i in range(len(windows)))]
+    assert sorted(p.name for p in (show_dir / 'scene_00').iterdir()) == sorted(expected) and expected

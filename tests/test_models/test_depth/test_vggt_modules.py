@@ -3,13 +3,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import opentad_lora.models  # noqa: F401
-from opentad_lora.models.depth import (CameraHead, DPTHeadLoRA, VGGTAggregator, VGGTDepthCameraLoss, decode_pose,
-                                       encode_pose, mat_to_quat, normalize_to_first_frame, quat_to_mat)
+from opentad_lora.models.depth import (CameraHead, DinoV2PatchEmbed, DPTHeadLoRA, VGGTAggregator, VGGTDepthCameraLoss,
+                                       decode_pose, encode_pose, mat_to_quat, normalize_to_first_frame, quat_to_mat)
 from opentad_lora.models.depth.dpt_head import ResidualConvUnit
 from opentad_lora.models.depth.losses import filter_by_quantile, gradient_loss
 from opentad_lora.models.depth.rope import RotaryPositionEmbedding2D, patch_positions
+from opentad_lora.models.layers import resize_pos_embed
 from opentad_lora.registry import MODELS
 
 TINY = dict(img_size=28, patch_size=14, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, patch_embed='conv')
@@ -63,6 +65,30 @@ def test_dinov2_patch_embedding_resizes_its_position_table():
     assert outputs[-1].shape == (1, 2, 5 + 12, 32)
     with pytest.raises(ValueError, match='must equal embed_dim'):
         VGGTAggregator(**dict(TINY, patch_embed=dict(embed_dim=8, depth=1, num_heads=2)))
+
+
+def test_dinov2_position_table_resize_is_vggts_antialiased_bicubic():
+    """VGGT builds its DINOv2 with interpolate_antialias=True, interpolate_offset=0: the grid part of the table goes
+    through F.interpolate(size=token grid, mode='bicubic', antialias=True) in float32; prefix slots stay."""
+    torch.manual_seed(0)
+    embed = DinoV2PatchEmbed(img_size=56, patch_size=14, embed_dim=8, depth=0, num_heads=2).eval()
+    with torch.no_grad():
+        embed.pos_embed.normal_()
+    images = torch.randn(2, 3, 42, 70)  # 3x5 tokens from the stored 4x4: rows shrink, columns grow
+    grid = embed.pos_embed[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        out = embed(images)
+        patches = embed.patch_embed(images)
+
+    def expected(antialias):
+        table = F.interpolate(grid, size=(3, 5), mode='bicubic', align_corners=False, antialias=antialias)
+        return embed.norm(patches + table.permute(0, 2, 3, 1).reshape(1, 15, 8))
+
+    with torch.no_grad():
+        torch.testing.assert_close(out, expected(True), rtol=0, atol=1e-6)
+        assert (out - expected(False)).abs().max() > 1e-3  # the plain bicubic table would be another input
+    same = resize_pos_embed(embed.pos_embed, (4, 4), (4, 4), num_prefix_tokens=1, antialias=True)
+    assert same is embed.pos_embed  # the stored size is used as it is
 
 
 def test_dpt_and_camera_heads():
@@ -186,3 +212,10 @@ def test_estimator_modes_and_gradients_reach_only_lora():
     assert result['pred_depth'].shape == (2, 28, 28) and result['pose_enc'].shape == (2, 9)
     assert result['scene'] == 's' and result['frame_names'] == ['a', 'b']
     assert torch.equal(result['gt_depth'], sample['depth'])
+    # The validation loss of predict is the training loss of the same batch (the seed's "Val Loss").
+    with torch.no_grad():
+        expected = sum(v for k, v in model(images, [sample], mode='loss').items() if 'loss' in k)
+    assert result['val_loss'] == pytest.approx(float(expected), rel=1e-6) and result['val_loss'] > 0
+    no_cameras = {k: v for k, v in sample.items() if k not in ('extrinsics', 'intrinsics')}
+    with torch.no_grad():
+        assert 'val_loss' not in model(images, [no_cameras], mode='predict')[0]  # nothing to score it against
