@@ -134,5 +134,12 @@ def test_programs_become_a_dataset_with_meshes(tmp_path):
     info = dataset[1]
     points = read_points(info['points_path'])
     assert points.shape == (500, 3) and points[:, 2].min() >= 1 - 1e-6 and points[:, 2].max() <= 2 + 1e-6
+    # Each sample carries the outward normal of its face: the axis on which it sits on the cube's boundary.
+    with_normals = read_points(info['points_path'], normals=True).astype(np.float64)
+    offset = with_normals[:, :3] - [0.5, 0.5, 1.5]
+    axis = np.abs(offset).argmax(1)
+    expected = np.zeros((500, 3))
+    expected[np.arange(500), axis] = np.sign(offset[np.arange(500), axis])
+    np.testing.assert_allclose(with_normals[:, 3:], expected, atol=1e-6)
     vertices, mesh_faces = read_mesh(info['gt_mesh_path'])
     assert len(mesh_faces) == 12 and vertices[:, 2].min() == 1
