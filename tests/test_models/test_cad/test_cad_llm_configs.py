@@ -1,5 +1,6 @@
-"""Qwen3 (seed 002's Qwen3-1.7B-Base): the real-size configs wrap exactly the seed's projections with the documented
-parameter count, and the tiny Qwen3 config, written by the data generator in the HF layout, trains and decodes."""
+"""Qwen3 (seed 002's Qwen3-1.7B-Base) and Qwen2-1.5B: the real-size configs wrap exactly the seed's projections with
+the parameter counts written in their headers, and the tiny Qwen3 config, written by the data generator in the HF
+layout, trains and decodes; the generator checks its requirements before writing anything."""
 import importlib.util
 import json
 from pathlib import Path
@@ -17,40 +18,51 @@ from opentad_lora.registry import DATASETS, MODELS
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = REPO_ROOT / 'configs' / 'cad_recode'
 SEED_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
-# Qwen3-1.7B-Base's architecture (its config.json): 1,720,574,976 parameters with tied embeddings.
-QWEN3_1P7B = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True)
+# The architectures of the real bases (their config.json), with tied embeddings; parameter counts of the LLM,
+# of LoRA r=16 on the seven projections of the 28 layers (r * (in + out) each) and of the point encoder (51 -> width).
+REAL_SIZES = {
+    'qwen3-1.7b-base': (dict(model_type='qwen3', hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                             num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                             tie_word_embeddings=True),
+                        1_720_574_976, 28 * 16 * (2 * 4096 + 2 * 3072 + 3 * 8192), 52 * 2048),
+    'qwen2-1.5b': (dict(model_type='qwen2', hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                        num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+                   1_543_714_304, 28 * 16 * (2 * 3072 + 2 * 1792 + 3 * 10496), 52 * 1536),
+}
 
 
-def test_real_size_qwen3_configs_wrap_the_seeds_projections():
+@pytest.mark.parametrize('name', sorted(REAL_SIZES))
+def test_real_size_configs_wrap_the_seeds_projections(name):
     import transformers
 
-    lora_cfg = Config.fromfile(str(CONFIGS / 'cad_recode_qwen3-1.7b-base_lora_r16.py'))
-    qlora_cfg = Config.fromfile(str(CONFIGS / 'cad_recode_qwen3-1.7b-base_qlora_r16.py'))
+    lora_cfg = Config.fromfile(str(CONFIGS / f'cad_recode_{name}_lora_r16.py'))
+    qlora_cfg = Config.fromfile(str(CONFIGS / f'cad_recode_{name}_qlora_r16.py'))
     lora = lora_cfg.model.lora.to_dict()
     assert (lora['r'], lora['alpha'], lora['dropout'], lora['targets']) == (16, 32, 0.1, SEED_TARGETS)  # seed 002
     assert qlora_cfg.model.lora.to_dict() == dict(lora, quantize_bits=4, quant_type='nf4', double_quant=True,
                                                   compute_dtype='bf16')
     for cfg in (lora_cfg, qlora_cfg):
-        path = 'checkpoints/Qwen3-1.7B-Base'
-        assert cfg.model.llm.pretrained == path and cfg.model.tokenizer == path
+        path = cfg.model.llm.pretrained
+        assert path.lower() == f'checkpoints/{name}' and cfg.model.tokenizer == path
         assert cfg.train_dataloader.dataset.pipeline[3].tokenizer == path
         hook = next(h for h in cfg.custom_hooks if h['type'] == 'LoRACheckpointHook')
         assert hook['save_merged'] and cfg.model.save_tokenizer  # seed 002: merged_model/ + tokenizer kept
+    fields, llm_params, lora_params, encoder_params = REAL_SIZES[name]
+    fields = dict(fields)
     with torch.device('meta'):  # the real shapes, no memory
-        llm = transformers.AutoModelForCausalLM.from_config(transformers.Qwen3Config(**QWEN3_1P7B))
-    assert sum(p.numel() for p in llm.parameters()) == 1_720_574_976
+        llm = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**fields))
+    assert sum(p.numel() for p in llm.parameters()) == llm_params
     report = apply_lora(llm, lora)
-    expected = {f'model.layers.{i}.{block}.{name}' for i in range(28)
-                for block, names in (('self_attn', SEED_TARGETS[:4]), ('mlp', SEED_TARGETS[4:])) for name in names}
-    assert set(report.wrapped) == expected  # q_norm / k_norm (Qwen3's per-head RMSNorm) are not targets
-    # r * (in + out) per layer: q 2048->2048, k/v 2048->1024, o 2048->2048, gate/up 2048->6144, down 6144->2048.
-    per_layer = 16 * (2 * 4096 + 2 * 3072 + 3 * 8192)
-    assert report.trainable == 28 * per_layer == 17_432_576  # the number in the config's header
+    expected = {f'model.layers.{i}.{block}.{proj}' for i in range(28)
+                for block, projs in (('self_attn', SEED_TARGETS[:4]), ('mlp', SEED_TARGETS[4:])) for proj in projs}
+    assert set(report.wrapped) == expected  # Qwen3's q_norm / k_norm (per-head RMSNorm) are not targets
+    assert report.trainable == lora_params
+    header = (CONFIGS / f'cad_recode_{name}_lora_r16.py').read_text().split('\n_base_')[0]
+    assert f'{lora_params:,}' in header and f'{encoder_params:,}' in header  # the numbers in the config's header
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'cad_qwen3_{name.replace("/", "_")}', REPO_ROOT / 'tools' /
+    spec = importlib.util.spec_from_file_location(f'cad_llm_configs_{name.replace("/", "_")}', REPO_ROOT / 'tools' /
                                                   f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
