@@ -142,7 +142,8 @@ def test_cad_infer_prepares_v1_points_with_normals_random_and_sorted_by_z(cad_da
 
     codes = cad_infer.main([str(tmp_path / 'v1'), '--base', str(cad_data / 'tokenizer'), '--points', str(cloud),
                             '--num-points', '32', '--max-new-tokens', '4', '--seed', '3'])
-    assert 'CAD-Recode v1' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'CAD-Recode v1 ' in printed and 'LLM in bfloat16' in printed  # the release's recipe and dtype
     model = CADRecodeLoRA(llm=dict(pretrained=str(tmp_path / 'v1')), tokenizer=str(cad_data / 'tokenizer'))
     assert codes == model.generate(torch.from_numpy(points).float()[None], 4)
     with pytest.raises(ValueError, match='normals'):  # a v1 model needs normals in the file
