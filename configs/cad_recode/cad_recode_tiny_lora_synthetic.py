@@ -6,6 +6,8 @@
 #       work_dirs/cad_recode_tiny_lora_synthetic/epoch_40.pth
 #   python tools/cad_infer.py work_dirs/cad_recode_tiny_lora_synthetic/final_lora_weights \
 #       --points data/synthetic_cad/val/points/00000.npy
+# Training ends as in seed 002: final_lora_weights/ (adapter + point encoder, tokenizer files, cad_recode.json naming
+# the base) and merged_model/ (HF layout: merged LLM + point_encoder.* + tokenizer), both under the work dir.
 _base_ = [
     '../_base_/schedules/adamw_cosine.py',
     '../_base_/default_runtime.py',
@@ -29,6 +31,7 @@ model = dict(
     # The point encoder is added to modules_to_save (trained in full, saved with the adapter).
     lora=dict(r=16, alpha=32, dropout=0.0, targets=lora_targets),
     max_new_tokens=160,
+    save_tokenizer=True,  # tokenizer files next to the adapter (seed 002)
 )
 
 train_pipeline = [
@@ -61,3 +64,7 @@ test_evaluator = val_evaluator
 optim_wrapper = dict(optimizer=dict(lr=1e-2, weight_decay=0.0))
 train_cfg = dict(max_epochs=40, val_interval=20)
 default_hooks = dict(checkpoint=dict(interval=10, max_keep_ckpts=2))
+# save_merged=True: work_dir/merged_model/ written by CADRecodeLoRA.export_merged after training (seed 002 default).
+custom_hooks = [
+    dict(type='LoRACheckpointHook', trainable_only=True, interval=-1, max_keep=3, save_final=True, save_merged=True),
+]

@@ -26,8 +26,15 @@ def adapter_root(model: nn.Module) -> nn.Module:
 
 
 def save_adapter_folder(model: nn.Module, out_dir: Union[str, Path], adapter_name: str = 'default') -> Path:
-    """Write PEFT's ``adapter_model.safetensors`` + ``adapter_config.json`` for every LoRA layer of ``model``."""
-    return save_adapter(adapter_root(model), out_dir, adapter_name)
+    """Write PEFT's ``adapter_model.safetensors`` + ``adapter_config.json`` for every LoRA layer of ``model``.
+
+    A model that defines its own ``save_adapter(out_dir, adapter_name)`` (PEFT files plus what it needs to be
+    used on its own, e.g. CAD-Recode's tokenizer and base description) writes the folder itself.
+    """
+    root = adapter_root(model)
+    if callable(getattr(root, 'save_adapter', None)):
+        return Path(root.save_adapter(out_dir, adapter_name))
+    return save_adapter(root, out_dir, adapter_name)
 
 
 def merged_state_dict(model: nn.Module) -> Dict[str, Tensor]:

@@ -39,11 +39,12 @@ class LoRACheckpointHook(Hook):
     when such a checkpoint is loaded the frozen tensors it lacks are not reported as missing (a trainable tensor
     that is missing still is, and ``strict=True`` loads pass).
 
-    Adapter folders (PEFT format, via :func:`opentad_lora.peft.save_adapter`, relative to the unwrapped model):
-    ``<out_dir>/lora_weights_step_XXXXXX/`` every ``interval`` iterations (the newest ``max_keep`` kept),
-    ``<out_dir>/final_lora_weights/`` after training, and with ``save_merged=True`` also
-    ``<out_dir>/merged_model/model.pth``, a plain merged state dict computed on a copy of the model. Files are
-    written by the main process only, with the averaged weights when an EMA hook runs (as in the checkpoints).
+    Adapter folders (PEFT format, via :func:`save_adapter_folder`, relative to the unwrapped model; a model with
+    its own ``save_adapter`` adds its files): ``<out_dir>/lora_weights_step_XXXXXX/`` every ``interval``
+    iterations (the newest ``max_keep`` kept), ``<out_dir>/final_lora_weights/`` after training, and with
+    ``save_merged=True`` also ``<out_dir>/merged_model/``: the model's own ``export_merged`` when it has one (e.g.
+    CAD-Recode's HF layout), else ``model.pth``, a plain merged state dict computed on a copy of the model. Files
+    are written by the main process only, with the averaged weights when an EMA hook runs (as in the checkpoints).
 
     Args:
         trainable_only: Trim checkpoints to trainable tensors + buffers.

@@ -7,11 +7,15 @@ Writes ``OUT/{train,val}/points/<i>.npy|.ply`` (surface samples of random parame
 boxes with a hole, plates with two holes, tubes, L-shaped extrusions; computed analytically, so CadQuery is not
 needed), ``OUT/{train,val}/code/<i>.py`` (their CadQuery programs, result in ``r``, integer coordinates in
 [-100, 100] as CAD-Recode v1.5), ``OUT/{train,val}.json`` (annotation files), ``OUT/tokenizer/`` (a byte-level BPE
-with Qwen2's special tokens, trained on the training programs) and, unless ``--no-llm``, ``OUT/tiny_qwen2/``: the
-seeded tiny Qwen2 of the config saved in the HF layout with that tokenizer, standing in for a downloaded base so the
-frozen LLM is rebuilt through the real ``from_pretrained`` path. Deterministic for a given ``--seed``.
+with Qwen2's special tokens, trained on the training programs) and, unless ``--no-llm``, ``OUT/<name>/``: the
+seeded tiny LLM of ``--config``'s ``llm_config`` (``name`` = the last part of its ``llm_path``: ``tiny_qwen2`` by
+default, ``tiny_qwen3`` for the Qwen3 config) saved in the HF layout with that tokenizer, standing in for a
+downloaded base so the frozen LLM is rebuilt through the real ``from_pretrained`` path. Deterministic for a given
+``--seed``. The requirements (the ``llm`` extra, the config and its model type) are checked before anything is
+written.
 """
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -25,7 +29,8 @@ from mmengine.config import Config  # noqa: E402
 from opentad_lora.datasets.cad import SHAPE_MAKERS, CADCodeTokenizer, write_synthetic_dataset  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / 'configs' / 'cad_recode' / 'cad_recode_tiny_lora_synthetic.py'
-LLM_DIR = 'tiny_qwen2'
+INSTALL_HINT = ('install the `llm` extra: EXTRAS=all bash tools/setup_env.sh, or pip install -e ".[llm]" (README, '
+                '"Installing by hand")')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -38,8 +43,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--kinds', nargs='+', choices=sorted(SHAPE_MAKERS), default=sorted(SHAPE_MAKERS))
     parser.add_argument('--vocab-size', type=int, default=512, help='BPE vocabulary of the tiny tokenizer')
     parser.add_argument('--config', default=str(DEFAULT_CONFIG), help='config whose llm_config is initialised')
-    parser.add_argument('--no-llm', action='store_true', help='do not write the tiny LLM (no transformers needed '
-                        'beyond the tokenizer)')
+    parser.add_argument('--no-llm', action='store_true', help='do not write the tiny LLM (the tokenizer is written '
+                        'either way)')
     parser.add_argument('--seed', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -56,16 +61,38 @@ def write_tiny_llm(llm_config: dict, tokenizer_dir: Path, out_dir: Path, seed: i
     return out_dir
 
 
+def check_requirements(llm_config: Optional[dict]) -> None:
+    """Stop with one message, before anything is written, when the tokenizer or the tiny LLM could not be made."""
+    for module in ('tokenizers', 'transformers'):
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise SystemExit(f'make_synthetic_cad.py needs {module} ({err}); {INSTALL_HINT}. Nothing was written.')
+    if llm_config is not None:
+        import transformers
+
+        try:
+            transformers.AutoConfig.for_model(llm_config['model_type'])
+        except (KeyError, ValueError) as err:
+            raise SystemExit(f'transformers {transformers.__version__} cannot build the LLM of the config '
+                             f'(model_type {llm_config.get("model_type")!r}: {err}); upgrade transformers '
+                             '(requirements/llm.txt). Nothing was written.')
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
+    llm_config = llm_dir = None
+    if not args.no_llm:
+        cfg = Config.fromfile(args.config)
+        llm_config, llm_dir = cfg.llm_config.to_dict(), Path(cfg.llm_path).name
+    check_requirements(llm_config)
     write_synthetic_dataset(out, dict(train=args.train, val=args.val), args.seed, args.surface_points, args.format,
                             args.kinds, args.vocab_size)
     print(f'Wrote {args.train} train and {args.val} val solids ({", ".join(args.kinds)}) to {out}, '
           f'annotation files {out}/train.json and {out}/val.json, tokenizer {out}/tokenizer.')
-    if not args.no_llm:
-        llm_config = Config.fromfile(args.config).llm_config.to_dict()
-        path = write_tiny_llm(llm_config, out / 'tokenizer', out / LLM_DIR, args.seed)
+    if llm_config is not None:
+        path = write_tiny_llm(llm_config, out / 'tokenizer', out / llm_dir, args.seed)
         print(f'Wrote the seeded tiny LLM ({llm_config["model_type"]}, hidden {llm_config["hidden_size"]}) to {path}.')
 
 

@@ -15,8 +15,9 @@ def programs_to_dataset(programs_dir: Union[str, Path], out_dir: Union[str, Path
     """Execute every ``*.py`` in ``programs_dir`` (sorted) and write ``out_dir/<split>/{points,code,mesh}/`` and
     ``out_dir/<split>.json`` for ``CADRecodeDataset``.
 
-    Points are ``num_surface_points`` uniform surface samples in code units (the pipeline fits them to [-1, 1] and
-    keeps 256 by furthest point sampling, as CAD-Recode); meshes are binary STL, the ground truth of ``CADMetric``.
+    Points are ``num_surface_points`` uniform surface samples in code units, each followed by its triangle's unit
+    normal (``(N, 6)``), so both CAD-Recode recipes read them (v1.5 drops the normals); the pipeline fits them to
+    [-1, 1] and keeps 256. Meshes are binary STL, the ground truth of ``CADMetric``.
     Programs that fail in the sandbox are skipped.
 
     Returns:
@@ -39,7 +40,7 @@ def programs_to_dataset(programs_dir: Union[str, Path], out_dir: Union[str, Path
             paths = {key: f'{split}/{key[:-5]}/{program.stem}{suffix}' for key, suffix in
                      (('points_path', '.npy'), ('code_path', '.py'), ('mesh_path', '.stl'))}
             write_points(out_dir / paths['points_path'],
-                         sample_surface(result.vertices, result.faces, num_surface_points, rng))
+                         sample_surface(result.vertices, result.faces, num_surface_points, rng, normals=True))
             (out_dir / paths['code_path']).write_text(code, encoding='utf-8')
             write_mesh(out_dir / paths['mesh_path'], result.vertices, result.faces)
             data_list.append(dict(points_path=paths['points_path'], code_path=paths['code_path'],

@@ -11,13 +11,18 @@ PathLike = Union[str, Path]
 _PLY_TYPES = {'char': 'i1', 'int8': 'i1', 'uchar': 'u1', 'uint8': 'u1', 'short': 'i2', 'int16': 'i2',
               'ushort': 'u2', 'uint16': 'u2', 'int': 'i4', 'int32': 'i4', 'uint': 'u4', 'uint32': 'u4',
               'float': 'f4', 'float32': 'f4', 'double': 'f8', 'float64': 'f8'}
+NORMAL_PROPS = ('nx', 'ny', 'nz')
 
 
-def _check_points(points: np.ndarray, path: PathLike) -> np.ndarray:
+def _check_points(points: np.ndarray, path: PathLike, normals: bool = False) -> np.ndarray:
     points = np.asarray(points)
+    columns = 6 if normals else 3
     if points.ndim != 2 or points.shape[1] < 3 or len(points) == 0 or not np.isfinite(points[:, :3]).all():
         raise ValueError(f'Point cloud {path} must be a finite (N, 3+) array, got shape {points.shape}.')
-    return points[:, :3].astype(np.float32)
+    if normals and (points.shape[1] < 6 or not np.isfinite(points[:, 3:6]).all()):
+        raise ValueError(f'Point cloud {path} has no finite normals (columns 3-5 of an (N, 6) array, or nx/ny/nz '
+                         f'PLY properties; shape {points.shape}): CAD-Recode v1 models need xyz + normals.')
+    return points[:, :columns].astype(np.float32)
 
 
 def _parse_ply_header(handle) -> Tuple[str, List[Tuple[str, int, list]]]:
@@ -89,6 +94,8 @@ def _read_ply(path: PathLike) -> Dict[str, np.ndarray]:
     props = out['vertex_props']
     vertices = out['vertex'][:, [props.index(axis) for axis in 'xyz']]
     result = {'vertices': vertices}
+    if all(name in props for name in NORMAL_PROPS):
+        result['normals'] = out['vertex'][:, [props.index(name) for name in NORMAL_PROPS]]
     if out.get('face'):
         faces = [f for f in out['face'] if len(f) >= 3]
         result['faces'] = np.array([[f[0], f[i], f[i + 1]] for f in faces for i in range(1, len(f) - 1)],
@@ -96,28 +103,36 @@ def _read_ply(path: PathLike) -> Dict[str, np.ndarray]:
     return result
 
 
-def read_points(path: PathLike) -> np.ndarray:
-    """A point cloud ``(N, 3)`` float32 from ``.npy`` (extra columns such as normals are dropped) or ``.ply``."""
+def read_points(path: PathLike, normals: bool = False) -> np.ndarray:
+    """A point cloud from ``.npy`` or ``.ply``: ``(N, 3)`` float32 xyz, or ``(N, 6)`` xyz + normals with ``normals``
+    (columns 3-5 of an ``.npy``, the ``nx``/``ny``/``nz`` properties of a PLY; an error when absent). Other extra
+    columns are dropped."""
     path = Path(path)
     try:
         if path.suffix == '.npy':
-            return _check_points(np.load(path, allow_pickle=False), path)
+            return _check_points(np.load(path, allow_pickle=False), path, normals)
         if path.suffix == '.ply':
-            return _check_points(_read_ply(path)['vertices'], path)
+            ply = _read_ply(path)
+            columns = [ply['vertices']] + ([ply['normals']] if 'normals' in ply else [])
+            return _check_points(np.concatenate(columns, axis=1), path, normals)
     except (OSError, ValueError, KeyError, IndexError, struct.error) as err:
         raise ValueError(f'Cannot read point cloud {path}: {err}') from None
     raise ValueError(f'Unsupported point cloud file {path}: use .npy or .ply.')
 
 
 def write_points(path: PathLike, points: np.ndarray) -> Path:
-    """Write ``(N, 3)`` points as ``.npy`` or binary little-endian ``.ply`` (by the suffix of ``path``)."""
+    """Write ``(N, 3)`` points, or ``(N, 6)`` points + normals, as ``.npy`` or binary little-endian ``.ply`` (by
+    the suffix of ``path``; PLY normals are the ``nx``/``ny``/``nz`` vertex properties)."""
     path = Path(path)
     points = np.ascontiguousarray(points, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] not in (3, 6):
+        raise ValueError(f'Points for {path} must be (N, 3) or (N, 6), got shape {points.shape}.')
     if path.suffix == '.npy':
         np.save(path, points)
     elif path.suffix == '.ply':
+        names = ('x', 'y', 'z') + (NORMAL_PROPS if points.shape[1] == 6 else ())
         header = (f'ply\nformat binary_little_endian 1.0\nelement vertex {len(points)}\n'
-                  'property float x\nproperty float y\nproperty float z\nend_header\n')
+                  + ''.join(f'property float {name}\n' for name in names) + 'end_header\n')
         path.write_bytes(header.encode('ascii') + points.astype('<f4').tobytes())
     else:
         raise ValueError(f'Unsupported point cloud file {path}: use .npy or .ply.')

@@ -13,40 +13,68 @@ from .io import read_points
 from opentad_lora.models.cad.tokenization import CADCodeTokenizer
 
 
+# The point preprocessing of each CAD-Recode release (CHANGELOG v1.5: normals removed, random sampling -> furthest
+# point sampling, points sorted by z -> unsorted). A checkpoint's point encoder tells which one it was trained with.
+POINT_RECIPES = {
+    'v1': dict(normals=True, sampling='random', sort_by_z=True),
+    'v1.5': dict(normals=False, sampling='furthest', sort_by_z=False),
+}
+
+
 @TRANSFORMS.register_module()
 class LoadCADPointCloud(BaseTransform):
-    """Read ``points_path`` (``.npy``/``.ply``), fit it to ``[-1, 1]`` and keep ``num_points`` by furthest point
-    sampling (CAD-Recode v1.5: 256). Clouds with fewer points are repeated cyclically up to ``num_points``.
+    """Read ``points_path`` (``.npy``/``.ply``), fit it to ``[-1, 1]`` and keep ``num_points`` of its points as
+    CAD-Recode ``recipe`` did.
 
-    Adds ``points`` ``(num_points, 3)`` float32.
+    ``'v1.5'``: xyz only, furthest point sampling from the first point, in sampling order. ``'v1'``: xyz + unit
+    normals (the file must have them), points drawn uniformly at random without replacement (``np.random``, seeded
+    per worker by the Runner), then sorted by z, then y, then x. Clouds with fewer points are repeated cyclically up
+    to ``num_points``. Adds ``points`` ``(num_points, 3)`` (``(num_points, 6)`` for v1) float32.
+
+    Args:
+        num_points: Points per cloud (CAD-Recode: 256).
+        recipe: ``'v1.5'`` or ``'v1'``; the model's ``point_recipe`` says which one its checkpoint needs.
+        normalize: Fit the cloud to ``[-1, 1]`` (bounding-box centre, largest extent).
     """
 
-    def __init__(self, num_points: int = 256, normalize: bool = True) -> None:
-        self.num_points, self.normalize = num_points, normalize
+    def __init__(self, num_points: int = 256, recipe: str = 'v1.5', normalize: bool = True) -> None:
+        if recipe not in POINT_RECIPES:
+            raise ValueError(f'Unknown CAD-Recode point recipe {recipe!r}; choose from {sorted(POINT_RECIPES)}.')
+        self.num_points, self.recipe, self.normalize = num_points, recipe, normalize
+        self.normals, self.sampling, self.sort_by_z = (POINT_RECIPES[recipe][k]
+                                                       for k in ('normals', 'sampling', 'sort_by_z'))
+
+    def _choose(self, xyz: np.ndarray) -> np.ndarray:
+        if len(xyz) < self.num_points:
+            return np.arange(self.num_points) % len(xyz)
+        if self.sampling == 'furthest':
+            return farthest_point_sampling(xyz, self.num_points)
+        return np.random.permutation(len(xyz))[:self.num_points]
 
     def transform(self, results: dict) -> dict:
-        points = read_points(results['points_path']).astype(np.float64)
-        if self.normalize:
-            points = fit_to_cube(points, side=2.0)[0]
-        if len(points) >= self.num_points:
-            points = points[farthest_point_sampling(points, self.num_points)]
-        else:
-            points = points[np.arange(self.num_points) % len(points)]
+        points = read_points(results['points_path'], normals=self.normals).astype(np.float64)
+        if self.normalize:  # a uniform scale and a shift leave unit normals unchanged
+            points[:, :3] = fit_to_cube(points[:, :3], side=2.0)[0]
+        points = points[self._choose(points[:, :3])]
+        if self.sort_by_z:
+            points = points[np.lexsort((points[:, 0], points[:, 1], points[:, 2]))]
         results['points'] = points.astype(np.float32)
         return results
 
 
 @TRANSFORMS.register_module()
 class PointCloudNoise(BaseTransform):
-    """With probability ``prob``, add Gaussian noise of std ``std`` to ``points`` (CAD-Recode v1.5: 0.01, 0.5)."""
+    """With probability ``prob``, add Gaussian noise of std ``std`` to the xyz of ``points`` (CAD-Recode v1.5:
+    0.01, 0.5); normal columns, if any, are left as they are."""
 
     def __init__(self, std: float = 0.01, prob: float = 0.5) -> None:
         self.std, self.prob = std, prob
 
     def transform(self, results: dict) -> dict:
         if np.random.rand() < self.prob:
-            points = results['points']
-            results['points'] = (points + np.random.normal(0.0, self.std, points.shape)).astype(np.float32)
+            points = results['points'].copy()
+            points[:, :3] += np.random.normal(0.0, self.std, points[:, :3].shape)
+            results['points'] = points.astype(np.float32)
         return results
 
 

@@ -31,8 +31,14 @@ def mesh_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     return float(np.einsum('ij,ij->i', tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum() / 6.0)
 
 
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` points uniform on the mesh surface: triangles chosen by area, then uniform barycentric coordinates."""
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator,
+                   normals: bool = False) -> np.ndarray:
+    """``n`` points uniform on the mesh surface: triangles chosen by area, then uniform barycentric coordinates.
+
+    With ``normals`` the result is ``(n, 6)``: each point followed by the unit normal of its triangle (right-hand
+    rule of the vertex order, outward for a mesh wound outward; CAD-Recode v1's face normals). The draws are the
+    same either way.
+    """
     areas = triangle_areas(vertices, faces)
     if not areas.sum() > 0:
         raise ValueError('Cannot sample the surface of a mesh with zero area.')
@@ -40,7 +46,11 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.rand
     u, v = rng.random((2, n, 1))
     flip = (u + v) > 1
     u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
-    return tri[:, 0] + u * (tri[:, 1] - tri[:, 0]) + v * (tri[:, 2] - tri[:, 0])
+    points = tri[:, 0] + u * (tri[:, 1] - tri[:, 0]) + v * (tri[:, 2] - tri[:, 0])
+    if not normals:
+        return points
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    return np.concatenate([points, normal / np.linalg.norm(normal, axis=1, keepdims=True)], axis=1)
 
 
 def nearest_sq_dist(query: np.ndarray, reference: np.ndarray, max_pairs: int = 1 << 23) -> np.ndarray:

@@ -1,4 +1,5 @@
 """``CADMetric``: Chamfer distance, volumetric IoU and invalidity ratio of generated CAD programs (CAD-Recode)."""
+from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -19,8 +20,10 @@ class CADMetric(BaseMetric):
     ``mean_cd``/``median_cd`` = Chamfer distance x 1000 over valid predictions (``n_points`` samples per mesh),
     ``iou`` = mean volumetric IoU x 100 over valid predictions, ``ir`` = percentage of invalid predictions
     (exception, timeout, memory, refused operation, crash or fewer than ``min_faces`` triangles), as in
-    CAD-Recode / cadrille. The ground truth is the mesh at ``gt_mesh_path`` when the sample has one (``.stl``,
-    ``.ply``, ``.npz``), otherwise the sample's ground-truth program run in the same sandbox (cached).
+    CAD-Recode / cadrille; ``num_samples`` and ``num_valid`` count the scored samples and the valid predictions,
+    and a warning names how many predictions are invalid and why (so a ``nan`` CD/IoU is explained). The ground
+    truth is the mesh at ``gt_mesh_path`` when the sample has one (``.stl``, ``.ply``, ``.npz``), otherwise the
+    sample's ground-truth program run in the same sandbox (cached).
 
     Args:
         n_points: Surface samples per mesh for the Chamfer distance (CAD-Recode: 8192).
@@ -75,7 +78,8 @@ class CADMetric(BaseMetric):
         """``dict(status, cd, iou)`` of one prediction against a ground-truth mesh (cd/iou None when invalid)."""
         result = self.sandbox.run(pred_code)
         if not result.valid:
-            return dict(status=result.status, cd=None, iou=None)
+            error = (result.error or '').strip().splitlines()
+            return dict(status=result.status, cd=None, iou=None, error=error[-1][:200] if error else '')
         pred = (normalize_mesh(result.vertices), result.faces)
         gt = (normalize_mesh(gt_mesh[0]), gt_mesh[1])
         return dict(status='ok', cd=mesh_chamfer_distance(pred, gt, self.n_points, self.seed),
@@ -87,7 +91,30 @@ class CADMetric(BaseMetric):
             if gt_mesh is not None:
                 self.results.append(self.score(sample['pred_code'], gt_mesh))
 
+    @staticmethod
+    def explain_invalid(results: List[Dict[str, Any]]) -> Optional[str]:
+        """One line on the invalid predictions (count per status, one example error each); None when all are
+        valid. Logged by ``compute_metrics``, so a ``nan`` CD/IoU never comes without its reason."""
+        invalid = [r for r in results if r['cd'] is None]
+        if not results:
+            return ('CADMetric: no sample was scored (every ground truth was invalid or the split is empty): CD, IoU '
+                    'and IR are nan.')
+        if not invalid:
+            return None
+        examples = {}
+        for r in invalid:
+            examples.setdefault(r['status'], r.get('error', ''))
+        reasons = ', '.join(f'{status} {count}' + (f' (e.g. {examples[status]!r})' if examples[status] else '')
+                            for status, count in Counter(r['status'] for r in invalid).most_common())
+        valid = len(results) - len(invalid)
+        consequence = ('no prediction is valid, so CD and IoU are nan' if valid == 0 else
+                       f'CD and IoU are over the {valid} valid ones')
+        return f'CADMetric: {len(invalid)} of {len(results)} predictions are invalid: {reasons}; {consequence}.'
+
     def compute_metrics(self, results: List[Dict[str, Any]]) -> Dict[str, float]:
+        explanation = self.explain_invalid(results)
+        if explanation:
+            MMLogger.get_current_instance().warning(explanation)
         cds = np.array([r['cd'] for r in results if r['cd'] is not None], dtype=np.float64)
         ious = np.array([r['iou'] for r in results if r['iou'] is not None], dtype=np.float64)
         total = len(results)
@@ -95,4 +122,5 @@ class CADMetric(BaseMetric):
         return dict(mean_cd=float(cds.mean() * 1e3) if len(cds) else nan,
                     median_cd=float(np.median(cds) * 1e3) if len(cds) else nan,
                     iou=float(ious.mean() * 100) if len(ious) else nan,
-                    ir=100.0 * (total - len(cds)) / total if total else nan, num_samples=float(total))
+                    ir=100.0 * (total - len(cds)) / total if total else nan, num_samples=float(total),
+                    num_valid=float(len(cds)))

@@ -14,7 +14,7 @@ from opentad_lora.peft import (apply_lora, iter_lora_layers, load_adapter, save_
                                set_adapter)
 from opentad_lora.registry import MODELS
 from .llm import build_causal_lm, read_point_encoder_state, save_hf_folder
-from .point_encoder import FourierPointEncoder
+from .point_encoder import FourierPointEncoder, encoder_has_normals
 from .tokenization import CADCodeTokenizer, require_transformers
 
 SIDECAR = 'cad_recode.json'  # written next to adapter files: how to rebuild the frozen base
@@ -39,21 +39,34 @@ class CADRecodeLoRA(BaseModel):
             ``point_encoder`` is added to ``modules_to_save``. None trains everything (CAD-Recode's recipe) or runs
             a merged model.
         num_freqs: Frequencies of the point encoder (CAD-Recode: 8 -> 51 features).
+        point_normals: Whether points carry normals (CAD-Recode v1: 54 encoder inputs, random sampling, sorted by z)
+            or not (v1.5: 51 inputs, furthest point sampling); None: as the point encoder stored in
+            ``llm.pretrained`` (v1.5 when there is none). ``point_recipe`` names the matching preprocessing.
         max_new_tokens: Generation budget in ``predict`` (CAD-Recode: 768).
         gradient_checkpointing: Recompute LLM activations in backward (memory for time).
+        save_tokenizer: ``save_adapter`` also writes the tokenizer files next to the adapter (as seed 002), so an
+            adapter folder carries everything but the frozen base weights.
     """
 
     def __init__(self, llm: Mapping[str, Any], tokenizer: str, lora: Optional[Mapping[str, Any]] = None,
-                 num_freqs: int = 8, max_new_tokens: int = 768, gradient_checkpointing: bool = False,
+                 num_freqs: int = 8, point_normals: Optional[bool] = None, max_new_tokens: int = 768,
+                 gradient_checkpointing: bool = False, save_tokenizer: bool = True,
                  data_preprocessor: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
         self.llm_cfg, self.tokenizer_path, self.num_freqs = dict(llm), str(tokenizer), num_freqs
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.save_tokenizer = max_new_tokens, save_tokenizer
         self.tokenizer = CADCodeTokenizer(tokenizer)
         self.llm = build_causal_lm(**self.llm_cfg, vocab_size=len(self.tokenizer))
-        self.point_encoder = FourierPointEncoder(self.llm.get_input_embeddings().embedding_dim, num_freqs)
         pretrained = self.llm_cfg.get('pretrained')
         encoder_state = read_point_encoder_state(pretrained) if pretrained else {}
+        if encoder_state:
+            stored = encoder_has_normals(encoder_state, num_freqs, str(pretrained))
+            if point_normals is not None and bool(point_normals) != stored:
+                raise ValueError(f'point_normals={point_normals} but the point encoder in {pretrained} was trained '
+                                 f'{"with" if stored else "without"} normals; leave point_normals=None.')
+            point_normals = stored
+        self.point_encoder = FourierPointEncoder(self.llm.get_input_embeddings().embedding_dim, num_freqs,
+                                                 normals=bool(point_normals))
         if encoder_state:
             self.point_encoder.load_state_dict(encoder_state)
         elif lora is None and pretrained:
@@ -77,6 +90,22 @@ class CADRecodeLoRA(BaseModel):
     def init_weights(self) -> None:
         """Nothing to do: weights are loaded or seeded in ``__init__`` (HF's own ``init_weights`` would re-draw the
         pretrained base, so the Runner must not reach it)."""
+
+    @property
+    def point_recipe(self) -> str:
+        """The ``LoadCADPointCloud`` recipe this model's point encoder expects: ``'v1'`` (xyz + normals, random
+        sampling sorted by z) or ``'v1.5'`` (xyz, furthest point sampling)."""
+        return 'v1' if self.point_encoder.normals else 'v1.5'
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        """dtype of the LLM's (never quantized) token embeddings: the dtype the base was loaded or built in."""
+        return self.llm.get_input_embeddings().weight.dtype
+
+    def _sidecar(self, llm_cfg: Mapping[str, Any], tokenizer: str) -> str:
+        return json.dumps(dict(llm=dict(llm_cfg), tokenizer=tokenizer, num_freqs=self.num_freqs,
+                               point_normals=self.point_encoder.normals, max_new_tokens=self.max_new_tokens),
+                          indent=2)
 
     # -- forward -----------------------------------------------------------------------------------------------
     def _stack_points(self, inputs: Union[Tensor, Sequence[Tensor]]) -> Tensor:
@@ -176,11 +205,12 @@ class CADRecodeLoRA(BaseModel):
             self._restore_saved_modules(active)
 
     def save_adapter(self, out_dir: Union[str, Path], adapter_name: Optional[str] = None) -> Path:
-        """PEFT files (LoRA + point encoder) plus ``cad_recode.json`` naming the base, for ``tools/cad_infer.py``."""
+        """PEFT files (LoRA + point encoder), ``cad_recode.json`` naming the base (for ``tools/cad_infer.py``) and,
+        with ``save_tokenizer``, the tokenizer files. ``LoRACheckpointHook`` writes ``final_lora_weights/`` here."""
         out_dir = save_adapter(self, out_dir, adapter_name or self.active_adapter)
-        sidecar = dict(llm=self.llm_cfg, tokenizer=self.tokenizer_path, num_freqs=self.num_freqs,
-                       max_new_tokens=self.max_new_tokens)
-        (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=2))
+        if self.save_tokenizer:
+            self.tokenizer.tokenizer.save_pretrained(str(out_dir))
+        (out_dir / SIDECAR).write_text(self._sidecar(self.llm_cfg, self.tokenizer_path))
         return out_dir
 
     def merged_llm_state(self) -> Dict[str, Tensor]:
@@ -203,14 +233,11 @@ class CADRecodeLoRA(BaseModel):
         tokenizer files and ``cad_recode.json``; it loads back as ``llm=dict(pretrained=out_dir)``, ``lora=None``.
 
         Args:
-            dtype: dtype of the saved LLM weights; default: the configured LLM dtype (e.g. bfloat16).
+            dtype: dtype of the saved LLM weights; default: the LLM's own dtype (e.g. bfloat16), which is also the
+                ``config.json`` dtype a later load defaults to.
         """
         out_dir = Path(out_dir)
-        state = self.merged_llm_state()
-        save_hf_folder(self.llm, self.point_encoder, out_dir, dtype or self.llm_cfg.get('dtype', 'float32'),
-                       state=state)
+        save_hf_folder(self.llm, self.point_encoder, out_dir, dtype or self.llm_dtype, state=self.merged_llm_state())
         self.tokenizer.tokenizer.save_pretrained(str(out_dir))
-        llm_cfg = dict(pretrained=str(out_dir), dtype=self.llm_cfg.get('dtype', 'float32'))
-        (out_dir / SIDECAR).write_text(json.dumps(dict(llm=llm_cfg, tokenizer=str(out_dir), num_freqs=self.num_freqs,
-                                                       max_new_tokens=self.max_new_tokens), indent=2))
+        (out_dir / SIDECAR).write_text(self._sidecar(dict(pretrained=str(out_dir)), str(out_dir)))
         return out_dir

@@ -32,7 +32,7 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def build_causal_lm(pretrained: Optional[str] = None, config: Optional[Mapping[str, Any]] = None,
-                    dtype: Union[str, torch.dtype] = 'float32', seed: int = 0, vocab_size: Optional[int] = None,
+                    dtype: Union[str, torch.dtype] = 'auto', seed: int = 0, vocab_size: Optional[int] = None,
                     attn_implementation: str = 'sdpa') -> nn.Module:
     """A ``*ForCausalLM`` either loaded from a local HF folder or built from a config with seeded weights.
 
@@ -42,13 +42,16 @@ def build_causal_lm(pretrained: Optional[str] = None, config: Optional[Mapping[s
         config: Config fields with ``model_type`` (``'qwen2'``, ``'qwen3'``, ...) when there is no ``pretrained``.
             The weights are drawn under ``torch.manual_seed(seed)`` without touching the global RNG, so the same
             frozen base is rebuilt for training, testing and resuming (checkpoints keep only trainable tensors).
-        dtype: dtype of the LLM weights (``'bfloat16'`` for real models; point encoder and LoRA choose their own).
+        dtype: dtype of the LLM weights; ``'auto'``: the checkpoint's (``config.json``'s ``dtype``/``torch_dtype``,
+            bfloat16 for the released CAD-Recode and Qwen weights), float32 for a ``config``-built model. The point
+            encoder and LoRA choose their own.
         seed: Seed of the random init (``config`` only).
         vocab_size: Vocabulary size when ``config`` lacks one (the tokenizer's length).
         attn_implementation: ``'sdpa'`` or ``'eager'`` (or ``'flash_attention_2'`` where installed).
     """
     transformers = require_transformers()
-    torch_dtype = resolve_dtype(dtype)
+    auto = dtype == 'auto'
+    torch_dtype = None if auto else resolve_dtype(dtype)
     if (pretrained is None) == (config is None):
         raise ValueError('Give the LLM either pretrained=<local HF folder> or config=dict(model_type=...), not both.')
     with quiet_transformers():
@@ -57,7 +60,7 @@ def build_causal_lm(pretrained: Optional[str] = None, config: Optional[Mapping[s
                 raise FileNotFoundError(f'LLM folder {pretrained} has no config.json (expected the HF layout; '
                                         'weights are never downloaded).')
             return transformers.AutoModelForCausalLM.from_pretrained(
-                str(pretrained), dtype=torch_dtype, attn_implementation=attn_implementation)
+                str(pretrained), dtype='auto' if auto else torch_dtype, attn_implementation=attn_implementation)
         fields = dict(config)
         if 'model_type' not in fields:
             raise ValueError(f'LLM config needs a model_type (e.g. "qwen2"), got keys {sorted(fields)}.')
@@ -67,7 +70,7 @@ def build_causal_lm(pretrained: Optional[str] = None, config: Optional[Mapping[s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn_implementation)
-        return model.to(torch_dtype)
+        return model.to(torch.float32 if auto else torch_dtype)
 
 
 def _safetensors_files(folder: Path) -> list:

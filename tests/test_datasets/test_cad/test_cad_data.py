@@ -6,9 +6,9 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-from opentad_lora.datasets.cad import (SHAPE_MAKERS, CADCodeTokenizer, CADRecodeDataset, farthest_point_sampling,
-                                       fit_to_cube, programs_to_dataset, random_shape, read_mesh, read_points,
-                                       write_mesh, write_points, write_synthetic_dataset)
+from opentad_lora.datasets.cad import (SHAPE_MAKERS, CADCodeTokenizer, CADRecodeDataset, PointCloudNoise,
+                                       farthest_point_sampling, fit_to_cube, programs_to_dataset, random_shape,
+                                       read_mesh, read_points, write_mesh, write_points, write_synthetic_dataset)
 from opentad_lora.datasets.cad.synthetic import make_box, make_tube
 
 
@@ -69,6 +69,21 @@ def test_point_and_mesh_files_round_trip(tmp_path):
         read_points(tmp_path / 'bad.npy')
 
 
+def test_points_with_normals_round_trip_and_noise_leaves_normals(tmp_path):
+    rng = np.random.default_rng(1)
+    normals = rng.normal(size=(40, 3))
+    cloud = np.concatenate([rng.normal(size=(40, 3)), normals / np.linalg.norm(normals, axis=1, keepdims=True)], 1)
+    for suffix in ('npy', 'ply'):
+        path = write_points(tmp_path / f'n.{suffix}', cloud)
+        np.testing.assert_allclose(read_points(path, normals=True), cloud, atol=1e-7)
+        np.testing.assert_allclose(read_points(path), cloud[:, :3], atol=1e-7)  # xyz only unless asked
+        with pytest.raises(ValueError, match=f'bare.{suffix}.*normals'):
+            read_points(write_points(tmp_path / f'bare.{suffix}', cloud[:, :3]), normals=True)
+    noisy = PointCloudNoise(std=0.5, prob=1.0)(dict(points=cloud.astype(np.float32)))['points']
+    assert np.abs(noisy[:, :3] - cloud[:, :3]).mean() > 0.1
+    np.testing.assert_array_equal(noisy[:, 3:], cloud[:, 3:].astype(np.float32))
+
+
 def test_tokenizer_is_lossless_and_has_cad_recode_tokens(dataset_dir):
     tokenizer = CADCodeTokenizer(dataset_dir / 'tokenizer')
     rng = np.random.default_rng(7)
@@ -119,5 +134,12 @@ def test_programs_become_a_dataset_with_meshes(tmp_path):
     info = dataset[1]
     points = read_points(info['points_path'])
     assert points.shape == (500, 3) and points[:, 2].min() >= 1 - 1e-6 and points[:, 2].max() <= 2 + 1e-6
+    # Each sample carries the outward normal of its face: the axis on which it sits on the cube's boundary.
+    with_normals = read_points(info['points_path'], normals=True).astype(np.float64)
+    offset = with_normals[:, :3] - [0.5, 0.5, 1.5]
+    axis = np.abs(offset).argmax(1)
+    expected = np.zeros((500, 3))
+    expected[np.arange(500), axis] = np.sign(offset[np.arange(500), axis])
+    np.testing.assert_allclose(with_normals[:, 3:], expected, atol=1e-6)
     vertices, mesh_faces = read_mesh(info['gt_mesh_path'])
     assert len(mesh_faces) == 12 and vertices[:, 2].min() == 1

@@ -61,6 +61,29 @@ def test_ground_truth_mesh_file_and_invalid_ground_truth(tmp_path):
     assert results['cad/iou'] == pytest.approx(100.0) and results['cad/mean_cd'] == pytest.approx(0.0)
 
 
+def test_nan_scores_come_with_the_count_and_reason_of_invalid_predictions(monkeypatch):
+    from mmengine.logging import MMLogger
+
+    warnings = []
+    monkeypatch.setattr(MMLogger.get_current_instance(), 'warning', warnings.append)
+    metric = CADMetric(mesher='arrays', n_points=256, timeout=1.0)
+    gt = box_program((1, 1, 1))
+    results = run_metric(metric, [('raise ValueError("no solid")\n', gt),
+                                  ('r = ([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]])\n', gt),  # 1 triangle
+                                  ('x = (1\n', gt)])
+    assert np.isnan(results['cad/mean_cd']) and np.isnan(results['cad/iou'])
+    assert (results['cad/ir'], results['cad/num_valid'], results['cad/num_samples']) == (100.0, 0.0, 3.0)
+    assert warnings == ["CADMetric: 3 of 3 predictions are invalid: error 2 (e.g. 'ValueError: no solid'), "
+                        "invalid_shape 1 (e.g. '1 faces (fewer than 3)'); no prediction is valid, so CD and IoU "
+                        "are nan."]
+    warnings.clear()
+    results = run_metric(metric, [(gt, gt), ('raise ValueError("no solid")\n', gt)])
+    assert results['cad/num_valid'] == 1.0 and results['cad/iou'] == pytest.approx(100.0)
+    assert warnings == ["CADMetric: 1 of 2 predictions are invalid: error 1 (e.g. 'ValueError: no solid'); CD and "
+                        "IoU are over the 1 valid ones."]
+    metric.sandbox.close()
+
+
 @pytest.fixture(scope='module')
 def cadquery_metric():
     if not HAS_CADQUERY:

@@ -64,7 +64,8 @@ def test_adapters_switch_by_name_without_reloading_the_base(make_model, make_lor
     logits_b = logits(trained, cad_batch)
     trained.save_adapter(tmp_path / 'b')
     assert {p.name for p in (tmp_path / 'a').iterdir()} == {'adapter_config.json', 'adapter_model.safetensors',
-                                                            'cad_recode.json'}
+                                                            'cad_recode.json', 'tokenizer.json',
+                                                            'tokenizer_config.json'}  # seed 002: tokenizer kept
     model = make_model()  # the same seeded base, no LoRA yet
     base_weight = model.llm.model.layers[0].self_attn.q_proj.weight
     model.load_adapter(tmp_path / 'a', 'a')

@@ -60,7 +60,11 @@ def test_train_validate_resume_test_and_export(synthetic, tmp_path):
     assert validation[0]['cad/ir'] == 100.0  # 8 tokens of an untrained model are no valid program
     final = trainable(tmp_path / 'a' / 'epoch_2.pth')
     assert set(final) == {k for k in final if '.lora_' in k or k.startswith('point_encoder.')}  # trimmed
-    assert (tmp_path / 'a' / 'final_lora_weights' / 'adapter_model.safetensors').is_file()
+    # As seed 002: the adapter folder keeps the tokenizer and names its base; merged_model/ is written too.
+    assert {'adapter_model.safetensors', 'adapter_config.json', 'cad_recode.json', 'tokenizer.json',
+            'tokenizer_config.json'} <= {p.name for p in (tmp_path / 'a' / 'final_lora_weights').iterdir()}
+    assert {'config.json', 'model.safetensors', 'tokenizer.json', 'cad_recode.json'} <= \
+        {p.name for p in (tmp_path / 'a' / 'merged_model').iterdir()}
 
     train.main([CONFIG, '--work-dir', str(tmp_path / 'b'), '--resume', str(tmp_path / 'a' / 'epoch_1.pth'),
                 *options(synthetic, 'cad_b')])
@@ -84,9 +88,11 @@ def test_train_validate_resume_test_and_export(synthetic, tmp_path):
     from_adapter, adapter_kind = cad_infer.load_cad_model(str(tmp_path / 'export'), str(config_file))
     assert (kind, adapter_kind) == ('checkpoint', 'adapter')
     cad_infer.main([str(tmp_path / 'a' / 'epoch_2.pth'), '--config', str(config_file), '--export-merged',
-                    str(tmp_path / 'a' / 'merged_model')])
+                    str(tmp_path / 'exported')])
     merged, merged_kind = cad_infer.load_cad_model(str(tmp_path / 'a'))  # the work dir: merged_model/ wins
-    assert merged_kind == 'merged'
+    exported, _ = cad_infer.load_cad_model(str(tmp_path / 'exported'))
+    alone, alone_kind = cad_infer.load_cad_model(str(tmp_path / 'a' / 'final_lora_weights'))  # no --config
+    assert (merged_kind, alone_kind) == ('merged', 'adapter')
     points = torch.rand(2, 32, 3) * 2 - 1
     expected = from_checkpoint.generate(points, 8)
-    assert from_adapter.generate(points, 8) == expected and merged.generate(points, 8) == expected
+    assert all(model.generate(points, 8) == expected for model in (from_adapter, merged, exported, alone))
