@@ -16,13 +16,10 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import Tensor
 
+from ..backbones.videomae_pretrained import RENAMES as VIDEOMAE_RENAMES
+
 OPENTAD_VIT_PREFIX = 'backbone.model.backbone.'
 OPENTAD_WRAPPER_PREFIX = 'backbone.model.'  # recognizer parts besides the ViT (data preprocessor, head)
-VIT_RENAMES = (  # mmaction's VideoMAE names -> VisionTransformerAdapter's
-    (re.compile(r'^patch_embed\.projection\.'), 'patch_embed.proj.'),
-    (re.compile(r'^(blocks\.\d+)\.mlp\.layers\.0\.0\.'), r'\1.mlp.fc1.'),
-    (re.compile(r'^(blocks\.\d+)\.mlp\.layers\.1\.'), r'\1.mlp.fc2.'),
-)
 DROPPABLE = re.compile(r'backbone\.(pos_embed|norm\..*|fc_norm\..*)')  # dropped only when the model lacks them
 
 
@@ -58,7 +55,7 @@ def _our_key(key: str) -> str:
     if not key.startswith(OPENTAD_VIT_PREFIX):
         return key
     vit_key = key[len(OPENTAD_VIT_PREFIX):]
-    for pattern, replacement in VIT_RENAMES:
+    for pattern, replacement in VIDEOMAE_RENAMES:  # mmaction's VideoMAE names -> ours
         vit_key = pattern.sub(replacement, vit_key)
     return 'backbone.' + vit_key
 
