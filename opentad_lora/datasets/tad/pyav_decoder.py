@@ -1,18 +1,20 @@
 """Decode selected frames of a video file with PyAV (FFmpeg's libraries, bundled in the ``av`` wheel).
 
 Why PyAV: it seeks to the keyframe before the first wanted frame, decodes forward without converting the frames
-it skips, and converts each wanted frame straight to RGB (one pass, where OpenCV converts to BGR and then swaps).
+it skips, and converts each wanted frame straight to RGB into the output array, with one swscale context for the
+whole read (OpenCV converts to BGR, then swaps to RGB; ``VideoFrame.to_ndarray`` sets a context up per frame).
 Its ``rgb24`` conversion is FFmpeg's swscale with the same defaults OpenCV uses (BT.601 matrix, limited range),
 so frames are bit-identical to :class:`~opentad_lora.datasets.tad.video_reader.VideoReader`'s OpenCV path
 (``tests/test_datasets/test_tad/test_video_reader_backends.py`` checks this per codec).
 """
 from fractions import Fraction
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 try:
     import av
+    from av.video.reformatter import VideoReformatter
 except ImportError:  # the OpenCV reader is the fallback
     av = None
 
@@ -58,8 +60,8 @@ def probe(path: str) -> Tuple[int, float]:
     return int(num_frames), float(rate)
 
 
-def decode(path: str, wanted: np.ndarray, threads: int = 0) -> List[np.ndarray]:
-    """RGB uint8 frames at the sorted, unique indices ``wanted``.
+def decode(path: str, wanted: np.ndarray, threads: int = 0) -> np.ndarray:
+    """RGB uint8 frames ``(len(wanted), H, W, 3)`` at the sorted, unique indices ``wanted``.
 
     A frame's index is its presentation time x frame rate (what OpenCV's seek uses). Wanted indices past the last
     decodable frame repeat it (a container may over-report its length).
@@ -81,27 +83,29 @@ def decode(path: str, wanted: np.ndarray, threads: int = 0) -> List[np.ndarray]:
             return round((pts - origin) * time_base * rate)
 
         first = int(wanted[0])
-        frames = None
+        decoded = None
         if first > 0 and rate and time_base:
             container.seek(origin + int(first / (rate * time_base)), stream=stream, backward=True)
-            frames = _decode_forward(container, stream, wanted, index_of, after_seek=True)
-        if frames is None:  # no seek, a seek that overshot (bad index) or frames without time stamps
+            decoded = _decode_forward(path, container, stream, wanted, index_of, after_seek=True)
+        if decoded is None:  # from the start: a seek that overshot (bad index) or frames without time stamps
             container.seek(origin, stream=stream, backward=True)
-            frames = _decode_forward(container, stream, wanted, index_of, after_seek=False)
+            decoded = _decode_forward(path, container, stream, wanted, index_of, after_seek=False)
     except av.error.FFmpegError as err:
         raise IOError(f'cannot decode video {path}: {err}') from None
     finally:
         container.close()
-    if not frames:
+    frames, count = decoded
+    if frames is None:
         raise IOError(f'cannot decode frame {int(wanted[0])} of video {path}')
-    frames.extend(frames[-1:] * (len(wanted) - len(frames)))
+    frames[count:] = frames[count - 1]
     return frames
 
 
-def _decode_forward(container, stream, wanted: np.ndarray, index_of, after_seek: bool) -> Optional[List[np.ndarray]]:
-    """Frames for ``wanted`` decoded from the current position; None when a position cannot be trusted after a
-    seek. From the stream start, frames without a time stamp are numbered in decoding order."""
-    frames, target = [], 0
+def _decode_forward(path: str, container, stream, wanted: np.ndarray, index_of,
+                    after_seek: bool) -> Optional[Tuple[Optional[np.ndarray], int]]:
+    """``(frames, how many were decoded)`` for ``wanted`` from the current position; None when a position cannot be
+    trusted after a seek. From the stream start, frames without a time stamp are numbered in decoding order."""
+    frames, target, to_rgb = None, 0, VideoReformatter()
     for number, frame in enumerate(container.decode(stream)):
         if frame.pts is None:
             if after_seek:
@@ -113,10 +117,14 @@ def _decode_forward(container, stream, wanted: np.ndarray, index_of, after_seek:
             return None
         if position < wanted[target]:
             continue  # skipped frames are decoded (the codec needs them) but never converted
-        image = frame.to_ndarray(format='rgb24')
+        image = to_rgb.reformat(frame, format='rgb24').to_ndarray()
+        if frames is None:
+            frames = np.empty((len(wanted), ) + image.shape, np.uint8)
+        elif image.shape != frames.shape[1:]:
+            raise IOError(f'frame size changes from {frames.shape[1:3]} to {image.shape[:2]} in video {path}')
         while target < len(wanted) and wanted[target] <= position:  # a gap in time stamps: the next frame
-            frames.append(image)
+            frames[target] = image
             target += 1
         if target == len(wanted):
             break
-    return frames
+    return frames, target

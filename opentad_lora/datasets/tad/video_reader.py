@@ -81,13 +81,14 @@ class VideoReader:
             raise ValueError(f'no frame indices requested from {self.path}')
         wanted = np.unique(indices)
         if self.is_folder:
-            frames = self._read_folder(wanted)
+            frames = np.stack(self._read_folder(wanted))
         elif self.backend == 'pyav':
             frames = pyav_decoder.decode(self.path, wanted, self.decoder_threads)
         else:
-            frames = self._read_video(wanted)
-        lookup = {int(i): f for i, f in zip(wanted, frames)}
-        return np.stack([lookup[int(i)] for i in indices])
+            frames = np.stack(self._read_video(wanted))
+        if len(indices) == len(wanted) and (indices == wanted).all():
+            return frames  # a window in order (the usual read): no second copy
+        return frames[np.searchsorted(wanted, indices)]
 
     def _read_folder(self, wanted: np.ndarray) -> list:
         frames = []
