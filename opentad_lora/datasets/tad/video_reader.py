@@ -1,8 +1,9 @@
 """Read selected frames of a video file (mp4 or any container FFmpeg reads) or of a folder of pre-extracted frames
 (``img_00001.jpg``, ...). Frames come back as RGB uint8 ``(N, H, W, 3)``.
 
-Video files are decoded by PyAV when it is installed (``backend='auto'``; measured faster in
-``benchmarks/video_decode.py``) and by OpenCV otherwise; both give the same frames (see ``pyav_decoder``).
+Video files are decoded by PyAV when it is installed (``backend='auto'``: as fast as OpenCV or faster in
+``benchmarks/video_decode.py``, and its FFmpeg threads can be set) and by OpenCV otherwise; both give the same
+frames bit for bit (``pyav_decoder``).
 """
 import os
 import os.path as osp
