@@ -1,11 +1,15 @@
 """Bit-exact resume with persistent DataLoader workers: samples are seeded from (seed, epoch, index)."""
+import json
 import random
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from mmengine.dataset import BaseDataset
+from mmengine.registry import init_default_scope
 
+from opentad_lora.datasets.tad import ThumosPaddingDataset
 from opentad_lora.engine.sample_seed import SampleSeededPipeline, seed_samples_by_epoch
 
 
@@ -74,3 +78,37 @@ def test_samples_do_not_depend_on_the_worker(num_workers):
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
     reference = torch.stack([dataset[i]['inputs'] for i in range(len(dataset))])
     assert torch.equal(torch.stack([item['inputs'] for item in loader]), reference)
+
+
+def _tiny_thumos(root) -> ThumosPaddingDataset:
+    """One 60-frame mp4 whose frame t is grey level 2 t + 10 (the window position shows in the pixels)."""
+    (root / 'video').mkdir()
+    writer = cv2.VideoWriter(str(root / 'video' / 'v.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), 10, (32, 24))
+    for t in range(60):
+        writer.write(np.full((24, 32, 3), 2 * t + 10, np.uint8))
+    writer.release()
+    (root / 'classes.txt').write_text('Billiards\n')
+    (root / 'anno.json').write_text(json.dumps(dict(database=dict(v=dict(
+        subset='training', duration=6.0, frame=60, annotations=[dict(segment=[1.0, 5.0], label='Billiards')])))))
+    init_default_scope('opentad_lora')
+    pipeline = [dict(type='PrepareVideoInfo'), dict(type='LoadFrames', method='random_trunc', trunc_thresh=0.1),
+                dict(type='RandomCrop', crop_size=16), dict(type='Flip'), dict(type='PackTADInputs')]
+    return ThumosPaddingDataset(ann_file=str(root / 'anno.json'), subset_name='training', class_map=str(
+        root / 'classes.txt'), data_path=str(root / 'video'), window_size=16, pipeline=pipeline)
+
+
+def test_tad_windows_of_a_resumed_epoch_equal_the_persistent_workers_ones(tmp_path):
+    """Random windows, crops and flips loaded by a persistent worker in epoch 1 == by a fresh worker (a resume)."""
+    dataset = _tiny_thumos(tmp_path)
+    epoch = seed_samples_by_epoch(dataset, seed=3)
+
+    def load(loader) -> torch.Tensor:
+        return torch.stack([item['inputs'] for item in loader])
+
+    persistent = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, persistent_workers=True)
+    first = load(persistent)
+    epoch.value = 1
+    second = load(persistent)
+    resumed = load(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1))
+    assert not torch.equal(first, second)  # epochs draw other windows
+    assert torch.equal(second, resumed)
