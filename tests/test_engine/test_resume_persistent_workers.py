@@ -43,6 +43,7 @@ def _straight_and_resumed(tmp_path, make_runner, seed_samples: bool):
                              param_scheduler=[], **extra)
         runner.train()
         states[name] = runner.model.state_dict()
+        runner.train_dataloader._iterator._shutdown_workers()  # now, not whenever the garbage collector runs
     return states['straight'], states['resumed']
 
 
