@@ -24,7 +24,9 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=2,
     num_workers=2,
-    persistent_workers=False,  # mmengine re-seeds fresh workers identically each epoch: resume sees the same data
+    # Workers live across epochs (no stall for fresh workers at each epoch start); EpochSeedHook seeds every sample
+    # from (seed, epoch, index), so a resumed run still loads the same data.
+    persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
@@ -41,7 +43,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=2,
     num_workers=2,
-    persistent_workers=False,
+    persistent_workers=True,  # deterministic pipeline: keeping the workers only saves their start
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='pseudo_collate'),
     dataset=dict(
