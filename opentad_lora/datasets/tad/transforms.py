@@ -62,11 +62,14 @@ class LoadFrames:
         max_trials: Attempts to find a window with an action.
         filename_tmpl: Frame file template for frame folders.
         start_index: First frame file index for frame folders.
+        backend: Video decoder: ``'auto'`` (PyAV when installed, else OpenCV), ``'pyav'`` or ``'opencv'``.
+        decoder_threads: PyAV's FFmpeg threads per video (0: FFmpeg picks; 1 suits many DataLoader workers).
     """
 
     def __init__(self, method: str = 'sliding_window', trunc_len: Optional[int] = None, trunc_thresh: float = 0.5,
                  crop_ratio: Optional[Sequence[float]] = None, max_trials: int = 200,
-                 filename_tmpl: str = 'img_{:05d}.jpg', start_index: int = 1) -> None:
+                 filename_tmpl: str = 'img_{:05d}.jpg', start_index: int = 1, backend: str = 'auto',
+                 decoder_threads: int = 0) -> None:
         if method not in ('sliding_window', 'random_trunc'):
             raise ValueError(f'LoadFrames: method must be "sliding_window" or "random_trunc", got {method!r}')
         self.method = method
@@ -76,6 +79,7 @@ class LoadFrames:
         self.max_trials = max_trials
         self.filename_tmpl = filename_tmpl
         self.start_index = start_index
+        self.backend, self.decoder_threads = backend, decoder_threads
 
     def _random_window(self, results: dict, num_snippets: int, window: int) -> Tuple[int, int]:
         """``(start, length)`` of a random window; updates the ground truth in ``results``."""
@@ -94,7 +98,8 @@ class LoadFrames:
         return start, length
 
     def __call__(self, results: dict) -> dict:
-        reader = VideoReader(results['filename'], self.filename_tmpl, self.start_index)
+        reader = VideoReader(results['filename'], self.filename_tmpl, self.start_index, backend=self.backend,
+                             decoder_threads=self.decoder_threads)
         stride = results['sample_stride']
         num_frames = results.get('total_frames') or reader.num_frames
         num_snippets = max(1, -(-num_frames // stride))

@@ -114,3 +114,17 @@ def test_flip_and_random_crop_treat_all_frames_alike():
     assert flipped['flip'] and np.array_equal(flipped['imgs'], imgs[:, :, ::-1])
     with pytest.raises(ValueError, match='method'):
         LoadFrames(method='resize')
+
+
+def test_the_decoder_is_chosen_in_the_config_and_gives_the_same_clips(thumos_dir):
+    """``LoadFrames(backend=...)`` reaches the reader: PyAV and OpenCV windows of the dataset are bit-identical."""
+    pytest.importorskip('av')
+    clips = []
+    for backend in ('opencv', 'pyav'):
+        pipeline = [PIPELINE[0], dict(PIPELINE[1], backend=backend, decoder_threads=1)] + PIPELINE[2:]
+        dataset = make(ThumosSlidingDataset, thumos_dir, subset_name='validation', test_mode=True, pipeline=pipeline)
+        clips.append(dataset[0]['inputs'])
+    assert torch.equal(clips[0], clips[1])
+    with pytest.raises(ValueError, match='backend'):
+        make(ThumosSlidingDataset, thumos_dir, subset_name='validation', test_mode=True,
+             pipeline=[PIPELINE[0], dict(PIPELINE[1], backend='gstreamer')] + PIPELINE[2:])[0]
