@@ -67,8 +67,8 @@ def test_seed_config_builds_from_an_opentad_layout_file(opentad_file, monkeypatc
     cfg = Config.fromfile(SEED_CONFIG)
     assert cfg.model.backbone.pretrained.endswith('vit-small-p16_videomae-k400-pre_16x4x1_kinetics-400_my.pth')
     cfg.model.backbone.update(TINY, pretrained=opentad_file, with_cp=False, adapter_index=list(range(DEPTH)))
-    cfg.model.projection.update(in_channels=DIMS, max_seq_len=8)
-    cfg.model.temporal_size = 8
+    cfg.model.projection.update(in_channels=DIMS, max_seq_len=32)  # divisible by the coarsest level's stride
+    cfg.model.temporal_size = 32
     logs = []
     monkeypatch.setattr(vit_adapter, 'print_log', lambda msg, **kwargs: logs.append(msg))
     detector = MODELS.build(cfg.model)
