@@ -4,6 +4,8 @@
                          {metrics,pred}] [--show-dir DIR] [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 The checkpoint may be a trimmed LoRA checkpoint: the frozen base is rebuilt by the model from its pretrained file.
+A checkpoint that does not fit the config's model (tensors missing, unexpected or of another shape) stops the tool
+with one error naming the file, the config and the tensors, before anything is evaluated.
 """
 import argparse
 import os
@@ -22,7 +24,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.evaluator import DumpResults  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from opentad_lora.engine.runner_utils import setup_launcher  # noqa: E402
+from opentad_lora.engine.checkpoint import CheckpointError  # noqa: E402
+from opentad_lora.engine.runner_utils import add_checkpoint_match_hook, setup_launcher  # noqa: E402
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
 
 register_all_modules()
@@ -70,6 +73,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         hook.out_dir = args.show_dir
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    add_checkpoint_match_hook(cfg, check_load_from=True)
     return cfg
 
 
@@ -85,7 +89,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out and args.out_item == 'pred':
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except CheckpointError as err:  # a wrong, corrupt or unsafe checkpoint: one line, exit status 1
+        raise SystemExit(f'{type(err).__name__}: {err}') from None
     if runner.rank == 0:
         print(format_metrics(metrics))
         if args.out and args.out_item == 'metrics':

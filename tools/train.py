@@ -4,8 +4,9 @@
                           [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
     torchrun --nproc-per-node N tools/train.py CONFIG      # one DDP job of N processes (gloo on CPU)
 
-``--resume`` alone resumes from ``WORK_DIR/last_checkpoint``; ``--resume PATH`` from that checkpoint. Runs from the
-repository root without installing the package.
+``--resume`` alone resumes from ``WORK_DIR/last_checkpoint``; ``--resume PATH`` from that checkpoint; one that does
+not fit the config (other tensors, shapes or optimizer groups) stops with one error before any training step. Runs
+from the repository root without installing the package.
 """
 import argparse
 import os
@@ -23,7 +24,8 @@ import torch  # noqa: E402
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from opentad_lora.engine.runner_utils import setup_amp, setup_launcher  # noqa: E402
+from opentad_lora.engine.checkpoint import CheckpointError  # noqa: E402
+from opentad_lora.engine.runner_utils import add_checkpoint_match_hook, setup_amp, setup_launcher  # noqa: E402
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
 
 register_all_modules()
@@ -93,6 +95,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     set_dataloader_defaults(cfg, args)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    add_checkpoint_match_hook(cfg, check_load_from=False)
     return cfg
 
 
@@ -100,7 +103,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except CheckpointError as err:  # --resume with a wrong, corrupt or unsafe checkpoint: one line, exit status 1
+        raise SystemExit(f'{type(err).__name__}: {err}') from None
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Small config adjustments ``tools/train.py`` applies before building the Runner."""
+"""Small config adjustments ``tools/train.py`` and ``tools/test.py`` apply before building the Runner."""
 import logging
 import os
 from typing import List, MutableMapping, Optional
@@ -9,6 +9,7 @@ from mmengine.logging import print_log
 from .ddp import TORCHRUN_ENV, init_cpu_process_group
 
 CPU_DDP_WRAPPER = 'opentad_lora.AnyDeviceDistributedDataParallel'  # scoped: the Runner looks the type up in the root
+CHECKPOINT_MATCH_HOOK = 'opentad_lora.CheckpointMatchHook'
 
 
 def setup_launcher(cfg: MutableMapping, launcher: str = 'none') -> str:
@@ -82,3 +83,16 @@ def setup_amp(cfg: MutableMapping) -> Optional[str]:
     print_log(f'--amp: mixed precision with {dtype} autocast.', logger='current')
     return dtype
 
+
+
+def add_checkpoint_match_hook(cfg: MutableMapping, check_load_from: bool) -> None:
+    """Add :class:`~opentad_lora.engine.CheckpointMatchHook` to ``cfg.custom_hooks`` unless the config has one.
+
+    Args:
+        cfg: The MMEngine config (or a plain dict), modified in place.
+        check_load_from: Check ``load_from`` checkpoints too (``tools/test.py``), not only resumed ones.
+    """
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(str(hook.get('type', '')).split('.')[-1] == CHECKPOINT_MATCH_HOOK.split('.')[-1] for hook in hooks):
+        hooks.append(dict(type=CHECKPOINT_MATCH_HOOK, check_load_from=check_load_from))
+    cfg['custom_hooks'] = hooks
