@@ -1,6 +1,7 @@
 """Train a model described by a config file (mmpretrain's ``tools/train.py`` contract).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--auto-scale-lr] [--no-validate]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--compile] [--auto-scale-lr]
+                          [--no-validate]
                           [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
     torchrun --nproc-per-node N tools/train.py CONFIG      # one DDP job of N processes (gloo on CPU)
 
@@ -25,7 +26,8 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from opentad_lora.engine.checkpoint import CheckpointError  # noqa: E402
-from opentad_lora.engine.runner_utils import add_checkpoint_match_hook, setup_amp, setup_launcher  # noqa: E402
+from opentad_lora.engine.runner_utils import (add_checkpoint_match_hook, setup_amp, setup_compile,  # noqa: E402
+                                              setup_launcher)
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
 
 register_all_modules()
@@ -39,6 +41,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint; without a value, from the latest checkpoint of the work dir')
     parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 on GPU; fp32 with a note on CPU)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the model\'s loss forward (as compile=True in the config; see '
+                             'docs/engine.md): faster steps after a first step that compiles')
     parser.add_argument('--no-validate', action='store_true', help='do not evaluate during training')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real batch size over auto_scale_lr.base_batch_size')
@@ -96,6 +101,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     add_checkpoint_match_hook(cfg, check_load_from=False)
+    setup_compile(cfg, args.compile)
     return cfg
 
 

@@ -9,13 +9,14 @@ from .checkpoint import (MM_SAFE_GLOBALS, TRUST_ENV, AtomicLocalBackend, Checkpo
                          register_safe_checkpoint_loader)
 from .checkpoint_match import (CheckpointMatchHook, CheckpointMismatchError, check_checkpoint_matches,
                                check_optimizer_matches)
+from .compile_hook import CompileHook
 from .ddp import AnyDeviceDistributedDataParallel, init_cpu_process_group
 from .epoch_seed_hook import EpochSeedHook, epoch_seed
 from .export import adapter_root, merged_state_dict, save_adapter_folder, save_merged_model
 from .fsdp import LoRAFSDPStrategy, lora_fsdp_auto_wrap_policy
 from .lora_checkpoint_hook import LoRACheckpointHook
 from .optim_constructor import LoRAOptimWrapperConstructor, format_param_groups, log_param_groups
-from .runner_utils import add_checkpoint_match_hook, setup_amp, setup_launcher
+from .runner_utils import add_checkpoint_match_hook, setup_amp, setup_compile, setup_launcher
 
 register_safe_checkpoint_loader()
 enable_atomic_checkpoint_writes()
@@ -27,5 +28,5 @@ __all__ = [
     'LoRAOptimWrapperConstructor', 'format_param_groups', 'log_param_groups', 'setup_amp', 'setup_launcher',
     'AnyDeviceDistributedDataParallel', 'init_cpu_process_group', 'EpochSeedHook', 'epoch_seed', 'LoRAFSDPStrategy',
     'lora_fsdp_auto_wrap_policy', 'CheckpointMatchHook', 'CheckpointMismatchError', 'check_checkpoint_matches',
-    'check_optimizer_matches', 'add_checkpoint_match_hook',
+    'check_optimizer_matches', 'add_checkpoint_match_hook', 'CompileHook', 'setup_compile',
 ]

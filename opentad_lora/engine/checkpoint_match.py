@@ -15,7 +15,7 @@ A converter of a foreign checkpoint layout (e.g. OpenTAD's) goes *before* the ch
 so the check always sees the keys the model will be loaded with.
 """
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 import torch
 from mmengine.hooks import Hook
@@ -30,6 +30,8 @@ from .lora_checkpoint_hook import TRIMMED_META_KEY
 
 SHOWN = 5  # names listed per kind of difference; the rest are counted
 _WRAPPER_PREFIX = re.compile(r'^module\.')  # what MMEngine's load_checkpoint strips by default (revise_keys)
+FSDP_PREFIX = '_fsdp_wrapped_module.'
+CHECKPOINT_WRAPPER_PREFIX = '_checkpoint_wrapped_module.'
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -54,17 +56,25 @@ def _shape(shape) -> str:
     return 'x'.join(map(str, shape)) or 'scalar'
 
 
+def _fsdp_names(model: nn.Module, trimmed: bool) -> Set[str]:
+    """Names of the parameters (trainable ones if ``trimmed``) and persistent buffers of an FSDP-wrapped model,
+    without FSDP's wrapper prefixes (a full ``state_dict()`` would be a collective call)."""
+    names = {name for name, p in model.named_parameters() if p.requires_grad or not trimmed}
+    for prefix, module in model.named_modules():
+        names |= {f'{prefix}.{name}' if prefix else name for name in module._buffers
+                  if module._buffers[name] is not None and name not in module._non_persistent_buffers_set}
+    return {name.replace(FSDP_PREFIX, '').replace(CHECKPOINT_WRAPPER_PREFIX, '') for name in names
+            if '_flat_param' not in name}  # use_orig_params=False: the original names are not known
+
+
 def expected_tensors(model: nn.Module, trimmed: bool) -> Dict[str, Optional[Tuple[int, ...]]]:
     """Name -> shape of the tensors a checkpoint of ``model`` holds (shape ``None``: not compared).
 
-    ``trimmed``: a LoRA checkpoint, which holds the trainable tensors and buffers only. Under FSDP the names come
-    from the parameters and buffers (FSDP reports them without its wrapper prefixes; a full ``state_dict()`` would
-    be a collective call) and shapes are not compared (parameters are flattened shards there).
+    ``trimmed``: a LoRA checkpoint, which holds the trainable tensors and buffers only. Under FSDP the shapes are
+    not compared (parameters are flattened shards there).
     """
     if _is_fsdp(model):
-        names = {name for name, p in model.named_parameters() if p.requires_grad or not trimmed}
-        names |= {name for name, _ in model.named_buffers()}
-        return dict.fromkeys(names)
+        return dict.fromkeys(_fsdp_names(model, trimmed))
     inner = _unwrap(model)
     state = trainable_state_dict(inner) if trimmed else inner.state_dict()
     return {name: tuple(value.shape) if isinstance(value, torch.Tensor) else None for name, value in state.items()}
@@ -101,7 +111,9 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], pa
     missing = sorted(set(expected) - set(found))
     if missing:
         problems.append(f'{len(missing)} {saved} of the model are not in the file ({_names(missing)})')
-    unexpected = sorted(set(found) - set(expected))
+    # Under FSDP only parameters and buffers are known without a collective call; a full checkpoint may also hold
+    # the extra state of quantized layers, so only missing tensors are reported there.
+    unexpected = [] if _is_fsdp(model) and not trimmed else sorted(set(found) - set(expected))
     if unexpected:
         problems.append(f'{len(unexpected)} tensors of the file are not {saved} of the model ({_names(unexpected)})')
     shapes = [f'{key} [file {_shape(found[key].shape)}, model {_shape(expected[key])}]'
