@@ -101,3 +101,12 @@ def test_resume_with_other_optimizer_groups_is_refused_before_any_step(tmp_path,
     other_rank = toy_net(lora=False)
     apply_lora(other_rank, dict(r=4, alpha=4, targets=['fc1', 'fc2'], modules_to_save=['norm', 'head']))
     make_runner(tmp_path / 'init', model=other_rank, custom_hooks=hooks).load_checkpoint(str(lora_checkpoint))
+
+
+def test_the_tools_add_the_hook_once():
+    from opentad_lora.engine import add_checkpoint_match_hook
+    cfg = dict(custom_hooks=[dict(type='LoRACheckpointHook')])
+    add_checkpoint_match_hook(cfg, check_load_from=True)
+    add_checkpoint_match_hook(cfg, check_load_from=False)
+    assert cfg['custom_hooks'] == [dict(type='LoRACheckpointHook'),
+                                   dict(type='opentad_lora.CheckpointMatchHook', check_load_from=True)]

@@ -41,3 +41,16 @@ def test_inductor_compiled_lora_run_matches_eager_and_saves_eager_checkpoints(tm
     fresh.model.eval()
     compiled.model.eval()
     torch.testing.assert_close(fresh.model(x), compiled.model(x))
+
+
+def test_setup_compile_moves_the_config_option_into_the_hook():
+    from opentad_lora.engine import setup_compile
+    cfg = dict(compile=dict(backend='aot_eager', dynamic=True), custom_hooks=[dict(type='LoRACheckpointHook')])
+    assert setup_compile(cfg) is True
+    assert cfg['compile'] is False  # the Runner must not also compile train_step
+    assert cfg['custom_hooks'][-1] == dict(type='opentad_lora.CompileHook', backend='aot_eager', dynamic=True)
+    flag_only = dict(custom_hooks=[])
+    assert setup_compile(flag_only, flag=True) is True
+    assert flag_only['custom_hooks'] == [dict(type='opentad_lora.CompileHook')]
+    plain = dict(custom_hooks=[])
+    assert setup_compile(plain) is False and plain == dict(custom_hooks=[], compile=False)
