@@ -2,7 +2,7 @@
 
 MMEngine 0.10.7's Runner compiles ``model.train_step`` as a whole when a config sets ``compile``, which also traces
 the optimizer step and its Python-float learning rate. On the quickstart config (2 CPU cores, inductor) that took
-348 s for the first iteration and 11-110 s for each of the next five, against 0.13 s eager. :class:`CompileHook`
+348 s for the first iteration and 10-110 s for each of the next five, against 0.13 s eager. :class:`CompileHook`
 compiles what a step spends its time on instead: the model's ``forward`` in ``mode='loss'`` (and, through
 AOTAutograd, its backward). Optimizer, gradient clipping, hooks, validation and test stay eager, so an LR schedule
 never recompiles and evaluation costs no compile time.
