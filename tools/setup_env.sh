@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Create (once) and activate the project's virtual environment, then install opentad_lora into it.
-# Sourced by tools/quickstart.sh and tools/run_tests.sh; safe to run again (pip skips what is installed).
+# THE set-up command of the README and every docs/ page (installs every family's extras and the test tools):
+#   bash tools/setup_env.sh && source .venv/bin/activate
+# Also sourced by tools/quickstart.sh (runtime only) and tools/run_tests.sh; safe to run again (pip skips what is
+# installed), e.g. to add the extras to the quickstart's .venv.
 #
 #   VENV        where the environment lives            (default: .venv in the repository root)
 #   TORCH_SPEC  the PyTorch requirement to install     (default: torch==2.13.0, the CPU build on our machines;
@@ -35,3 +38,6 @@ if [[ ",$EXTRAS," == *",all,"* || ",$EXTRAS," == *",clip,"* ]]; then
     python -m pip install -q --no-deps open-clip-torch 2> >(grep -v 'is ignored: it is neither' >&2)
 fi
 python -c 'import opentad_lora, torch, mmengine; print(f"[setup] opentad_lora {opentad_lora.__version__}, torch {torch.__version__}, mmengine {mmengine.__version__}")'
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then  # run, not sourced: the caller's shell is not activated yet
+    echo "[setup] done; activate it with: source ${VENV#"$PWD"/}/bin/activate"
+fi

@@ -5,6 +5,8 @@
 
 The checkpoint may be a trimmed LoRA checkpoint: the frozen base is rebuilt by the model from its pretrained file.
 It may also be a detector checkpoint trained by OpenTAD (``epoch_X.pth``; its EMA weights when it has them).
+A checkpoint that does not fit the config's model (tensors missing, unexpected or of another shape) stops the tool
+with one error naming the file, the config and the tensors, before anything is evaluated.
 """
 import argparse
 import os
@@ -23,7 +25,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.evaluator import DumpResults  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from opentad_lora.engine.runner_utils import setup_launcher  # noqa: E402
+from opentad_lora.engine.checkpoint import CheckpointError  # noqa: E402
+from opentad_lora.engine.runner_utils import add_checkpoint_match_hook, setup_launcher  # noqa: E402
 from opentad_lora.models.tad.opentad_checkpoint import OpenTADCheckpointHook  # noqa: E402
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
 
@@ -72,6 +75,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         hook.out_dir = args.show_dir
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    add_checkpoint_match_hook(cfg, check_load_from=True)
     return cfg
 
 
@@ -88,7 +92,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     runner.register_hook(OpenTADCheckpointHook())  # OpenTAD's epoch_X.pth (EMA weights first) loads as-is
     if args.out and args.out_item == 'pred':
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except CheckpointError as err:  # a wrong, corrupt or unsafe checkpoint: one line, exit status 1
+        raise SystemExit(f'{type(err).__name__}: {err}') from None
     if runner.rank == 0:
         print(format_metrics(metrics))
         if args.out and args.out_item == 'metrics':

@@ -1,11 +1,13 @@
 """Train a model described by a config file (mmpretrain's ``tools/train.py`` contract).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--auto-scale-lr] [--no-validate]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--compile] [--auto-scale-lr]
+                          [--no-validate]
                           [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
     torchrun --nproc-per-node N tools/train.py CONFIG      # one DDP job of N processes (gloo on CPU)
 
-``--resume`` alone resumes from ``WORK_DIR/last_checkpoint``; ``--resume PATH`` from that checkpoint. Runs from the
-repository root without installing the package.
+``--resume`` alone resumes from ``WORK_DIR/last_checkpoint``; ``--resume PATH`` from that checkpoint; one that does
+not fit the config (other tensors, shapes or optimizer groups) stops with one error before any training step. Runs
+from the repository root without installing the package.
 """
 import argparse
 import os
@@ -23,7 +25,9 @@ import torch  # noqa: E402
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from opentad_lora.engine.runner_utils import setup_amp, setup_launcher  # noqa: E402
+from opentad_lora.engine.checkpoint import CheckpointError  # noqa: E402
+from opentad_lora.engine.runner_utils import (add_checkpoint_match_hook, setup_amp, setup_compile,  # noqa: E402
+                                              setup_launcher)
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
 
 register_all_modules()
@@ -37,6 +41,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint; without a value, from the latest checkpoint of the work dir')
     parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 on GPU; fp32 with a note on CPU)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the model\'s loss forward (as compile=True in the config; see '
+                             'docs/engine.md): faster steps after a first step that compiles')
     parser.add_argument('--no-validate', action='store_true', help='do not evaluate during training')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real batch size over auto_scale_lr.base_batch_size')
@@ -93,6 +100,8 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     set_dataloader_defaults(cfg, args)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    add_checkpoint_match_hook(cfg, check_load_from=False)
+    setup_compile(cfg, args.compile)
     return cfg
 
 
@@ -100,7 +109,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     cfg = merge_args(Config.fromfile(args.config), args)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except CheckpointError as err:  # --resume with a wrong, corrupt or unsafe checkpoint: one line, exit status 1
+        raise SystemExit(f'{type(err).__name__}: {err}') from None
 
 
 if __name__ == '__main__':

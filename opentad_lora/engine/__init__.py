@@ -7,6 +7,9 @@ checkpoint loader and the atomic checkpoint writes in MMEngine.
 from .checkpoint import (MM_SAFE_GLOBALS, TRUST_ENV, AtomicLocalBackend, CheckpointError, UnsafeCheckpointError,
                          atomic_open, atomic_torch_save, enable_atomic_checkpoint_writes, load_checkpoint_file,
                          register_safe_checkpoint_loader)
+from .checkpoint_match import (CheckpointMatchHook, CheckpointMismatchError, check_checkpoint_matches,
+                               check_optimizer_matches)
+from .compile_hook import CompileHook
 from .ddp import AnyDeviceDistributedDataParallel, init_cpu_process_group
 from .ema_hook import TrainableEMAHook, ema_weights, trainable_view
 from .epoch_seed_hook import EpochSeedHook, epoch_seed
@@ -14,7 +17,7 @@ from .export import adapter_root, merged_state_dict, save_adapter_folder, save_m
 from .fsdp import LoRAFSDPStrategy, lora_fsdp_auto_wrap_policy
 from .lora_checkpoint_hook import LoRACheckpointHook
 from .optim_constructor import LoRAOptimWrapperConstructor, format_param_groups, log_param_groups
-from .runner_utils import setup_amp, setup_launcher
+from .runner_utils import add_checkpoint_match_hook, setup_amp, setup_compile, setup_launcher
 
 register_safe_checkpoint_loader()
 enable_atomic_checkpoint_writes()
@@ -25,5 +28,7 @@ __all__ = [
     'adapter_root', 'merged_state_dict', 'save_adapter_folder', 'save_merged_model', 'LoRACheckpointHook',
     'LoRAOptimWrapperConstructor', 'format_param_groups', 'log_param_groups', 'setup_amp', 'setup_launcher',
     'AnyDeviceDistributedDataParallel', 'init_cpu_process_group', 'EpochSeedHook', 'epoch_seed', 'LoRAFSDPStrategy',
-    'lora_fsdp_auto_wrap_policy', 'TrainableEMAHook', 'ema_weights', 'trainable_view',
+    'lora_fsdp_auto_wrap_policy', 'TrainableEMAHook', 'ema_weights', 'trainable_view', 'CheckpointMatchHook',
+    'CheckpointMismatchError', 'check_checkpoint_matches', 'check_optimizer_matches', 'add_checkpoint_match_hook',
+    'CompileHook', 'setup_compile',
 ]

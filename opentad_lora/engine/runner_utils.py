@@ -1,7 +1,7 @@
-"""Small config adjustments ``tools/train.py`` applies before building the Runner."""
+"""Small config adjustments ``tools/train.py`` and ``tools/test.py`` apply before building the Runner."""
 import logging
 import os
-from typing import List, MutableMapping, Optional
+from typing import List, Mapping, MutableMapping, Optional
 
 import torch
 from mmengine.logging import print_log
@@ -9,6 +9,8 @@ from mmengine.logging import print_log
 from .ddp import TORCHRUN_ENV, init_cpu_process_group
 
 CPU_DDP_WRAPPER = 'opentad_lora.AnyDeviceDistributedDataParallel'  # scoped: the Runner looks the type up in the root
+CHECKPOINT_MATCH_HOOK = 'opentad_lora.CheckpointMatchHook'
+COMPILE_HOOK = 'opentad_lora.CompileHook'
 
 
 def setup_launcher(cfg: MutableMapping, launcher: str = 'none') -> str:
@@ -82,3 +84,39 @@ def setup_amp(cfg: MutableMapping) -> Optional[str]:
     print_log(f'--amp: mixed precision with {dtype} autocast.', logger='current')
     return dtype
 
+
+
+def add_checkpoint_match_hook(cfg: MutableMapping, check_load_from: bool) -> None:
+    """Add :class:`~opentad_lora.engine.CheckpointMatchHook` to ``cfg.custom_hooks`` unless the config has one.
+
+    Args:
+        cfg: The MMEngine config (or a plain dict), modified in place.
+        check_load_from: Check ``load_from`` checkpoints too (``tools/test.py``), not only resumed ones.
+    """
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(str(hook.get('type', '')).split('.')[-1] == CHECKPOINT_MATCH_HOOK.split('.')[-1] for hook in hooks):
+        hooks.append(dict(type=CHECKPOINT_MATCH_HOOK, check_load_from=check_load_from))
+    cfg['custom_hooks'] = hooks
+
+
+def setup_compile(cfg: MutableMapping, flag: bool = False) -> bool:
+    """Turn the config's ``compile`` (or ``--compile``) into :class:`~opentad_lora.engine.CompileHook`.
+
+    ``compile`` keeps MMEngine's format (``True`` or a dict of ``torch.compile`` keyword arguments); ``flag`` means
+    ``compile=True`` unless the config already gives arguments. The key is then set to ``False`` so that the Runner
+    does not also compile ``train_step`` (optimizer included, see :mod:`opentad_lora.engine.compile_hook`).
+    Returns whether training will be compiled.
+
+    Args:
+        cfg: The MMEngine config (or a plain dict), modified in place.
+        flag: The ``--compile`` argument.
+    """
+    options = cfg.get('compile') or flag
+    cfg['compile'] = False
+    if not options:
+        return False
+    kwargs = dict(options) if isinstance(options, Mapping) else {}
+    hooks = [hook for hook in (cfg.get('custom_hooks') or [])
+             if str(hook.get('type', '')).split('.')[-1] != COMPILE_HOOK.split('.')[-1]]
+    cfg['custom_hooks'] = [*hooks, dict(type=COMPILE_HOOK, **kwargs)]
+    return True
