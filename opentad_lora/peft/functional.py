@@ -197,26 +197,29 @@ class FusedLoRALinear(torch.autograd.Function):
 
 
 # Below this many rows (tokens) a LoRA layer is bound by the host issuing kernels, not by the GPU: there the plain
-# autograd ops of :func:`lora_add_plain` (backward in C++) cost less than the Python backward of the fused function
+# autograd ops of :func:`lora_linear_plain` (backward in C++) cost less than the Python backward of the fused function
 # and save the same tensors. Measured on an H200 (benchmarks/RESULTS.md): a Qwen2-1.5B step on 2 x 1024 tokens is
 # host-bound, ViT-H at batch 64 (12288 rows) and larger are GPU-bound.
 PLAIN_MAX_ROWS = 8192
 
 
 def use_plain_path(x: Tensor, dropout_p: float, training: bool) -> bool:
-    """Whether :func:`lora_add_plain` serves this call: few rows and no dropout (whose mask it would keep)."""
+    """Whether :func:`lora_linear_plain` serves this call: few rows and no dropout (whose mask it would keep)."""
     return x.numel() < PLAIN_MAX_ROWS * x.shape[-1] and not (dropout_p > 0.0 and training)
 
 
-def lora_add_plain(x: Tensor, base_out: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:
-    """``base_out + x @ A.T @ B.T * scaling`` in the compute dtype with plain autograd ops (no dropout).
+def lora_linear_plain(x: Tensor, base_forward: Callable[[Tensor], Tensor], lora_a: Tensor, lora_b: Tensor,
+                      scaling: float) -> Tensor:
+    """``base_forward(x) + x @ A.T @ B.T * scaling`` in the compute dtype with plain autograd ops (no dropout).
 
-    Autograd saves ``x`` (one shared cast copy under autocast) and the rank-``r`` ``x @ A.T``, as the fused function
-    does; ``base_out`` comes from the base layer itself (a bitsandbytes base dequantizes again in its backward, so
-    ``keep_dequantized`` does not apply here).
+    ``base_forward`` gets ``x`` already in the compute dtype (the same copy the LoRA branch reads), so the base
+    product is computed as in the fused function. Autograd saves that copy (shared by layers reading the same
+    tensor) and the rank-``r`` ``x @ A.T``, as the fused function does.
     """
     dtype = _compute_dtype(x)
-    x2d = _cast_once(x, dtype).reshape(-1, x.shape[-1])
+    source = _cast_once(x, dtype)
+    base_out = base_forward(source)
+    x2d = source.reshape(-1, x.shape[-1])
     xa = x2d @ lora_a.to(dtype).t()
     out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]).to(dtype), xa, lora_b.to(dtype).t(), alpha=scaling)
     return out.reshape(*base_out.shape[:-1], out.shape[-1])

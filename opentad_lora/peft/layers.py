@@ -4,13 +4,14 @@ The parameter names follow PEFT (``<module>.base_layer.weight``, ``<module>.lora
 adapter files and the maths are interchangeable with PEFT's.
 """
 import math
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as LF
-from .quant import dequantize_weight, is_quantized, quantized_bits, requantize_like
+from .quant import dequantize_weight, dequantizing_linear, is_quantized, requantize_like
 
 _CONV_TYPES = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 
@@ -187,8 +188,10 @@ class LoRALinear(LoRALayer):
         name = self.active_adapter
         lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
         scaling, dropout_p = self.scaling[name], self.dropout_p[name]
-        if self.fused and quantized_bits(self.base_layer) != 8 and LF.use_plain_path(x, dropout_p, self.training):
-            return LF.lora_add_plain(x, self.base_layer(x), lora_a, lora_b, scaling)
+        if self.fused and LF.use_plain_path(x, dropout_p, self.training):
+            quantized = is_quantized(self.base_layer)
+            base_forward = partial(dequantizing_linear, self.base_layer) if quantized else self.base_layer
+            return LF.lora_linear_plain(x, base_forward, lora_a, lora_b, scaling)
         if is_quantized(self.base_layer):
             return LF.qlora_linear(x, self._dequantize, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
                                    self.training, fused=self.fused, keep_dequantized=self.keep_dequantized)

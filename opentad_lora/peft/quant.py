@@ -84,6 +84,31 @@ def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> T
     raise TypeError(f'{type(layer).__name__} is not a bitsandbytes quantized layer.')
 
 
+class _DequantizingLinear(torch.autograd.Function):
+    """``x @ W.T + b`` for a frozen quantized ``W``: dequantized to ``x``'s dtype in forward and again in backward.
+
+    bitsandbytes' own ``matmul_4bit`` does the same on GPU, but on CPU it rewrites the layer's quantization state to
+    the input's dtype; this keeps the numbers of :func:`dequantize_weight` (those of the fused LoRA function) on
+    every device and never holds the dequantized weight between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Optional[Tensor], layer: nn.Module) -> Tensor:
+        ctx.layer = layer
+        return torch.nn.functional.linear(x, dequantize_weight(layer, x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_x = grad_out @ dequantize_weight(ctx.layer, grad_out.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None
+
+
+def dequantizing_linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """The output of a (frozen) bitsandbytes layer computed in ``x``'s dtype from its dequantized weight."""
+    bias = layer.bias.to(x.dtype) if layer.bias is not None else None
+    return _DequantizingLinear.apply(x, bias, layer)
+
+
 def _int8_scales(layer: nn.Module) -> Tensor:
     """The per-row absmax scales of a ``Linear8bitLt``, on the weight's device.
 
