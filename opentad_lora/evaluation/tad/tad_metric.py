@@ -89,6 +89,9 @@ class TADmAPMetric(BaseMetric):
         logger = MMLogger.get_current_instance()
         classes = self._class_names()
         ground_truth = load_ground_truth(self.ann_file, self.subset)
+        if not ground_truth:
+            raise ValueError(f'TADmAPMetric: {self.ann_file} has no ground truth of positive length in subset '
+                             f'{self.subset!r}; check subset= (OpenTAD names them "training" / "validation")')
         final = self._final_detections(results, classes)
         extra_labels = sorted({inst.label for inst in ground_truth} - set(classes))
         if extra_labels:

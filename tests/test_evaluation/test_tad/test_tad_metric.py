@@ -105,6 +105,14 @@ def test_result_file_is_opentads_format_and_gives_the_same_map(ann_file, tmp_pat
     assert metrics['tad/average_mAP'] == float(mean_ap.mean()) > 0
 
 
+def test_a_subset_without_ground_truth_stops_with_an_error(ann_file):
+    metric = TADmAPMetric(ann_file=ann_file, subset='testing')
+    metric.dataset_meta = dict(classes=CLASSES)
+    metric.process({}, [window('v1', [[2, 5]], [0.9], [0])])
+    with pytest.raises(ValueError, match="no ground truth .* subset 'testing'"):
+        metric.evaluate(1)
+
+
 def test_a_class_index_beyond_the_class_map_stops_with_an_error(ann_file):
     with pytest.raises(ValueError, match='class map has 3 classes'):
         evaluate(ann_file, [window('v1', [[2, 5]], [0.9], [3])])
