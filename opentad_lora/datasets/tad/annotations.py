@@ -3,11 +3,15 @@
 The annotation JSON is ``{"database": {video_id: {"subset", "duration", "frame" (optional), "fps" (optional),
 "annotations": [{"segment": [start_s, end_s], "label": name}, ...]}}}``; the class map is a text file with one
 class name per line, whose line number is the class index.
+
+Training targets are cleaned as OpenTAD's THUMOS datasets do: ``Ambiguous`` instances are skipped and an instance
+repeating an earlier one (same label, same start and end) is dropped; zero-length instances stay (OpenTAD's
+``filter_gt=False``). The evaluation cleans the ground truth by its own rules (``opentad_lora.evaluation.tad``).
 """
 import json
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -48,12 +52,11 @@ def load_class_map(path: str) -> List[str]:
     return names
 
 
-def load_annotations(ann_file: str, class_names: Sequence[str],
-                     subset: Optional[Union[str, Sequence[str]]] = None) -> List[VideoAnnotation]:
-    """Videos of ``subset`` (all when None) with their segments; ``Ambiguous`` instances are skipped.
+def read_database(ann_file: str) -> Dict[str, dict]:
+    """The ``database`` mapping of an annotation JSON, videos in file order.
 
     Raises:
-        FileNotFoundError, ValueError: naming the file (and video / label) that is missing or malformed.
+        FileNotFoundError, ValueError: naming the file that is missing or malformed.
     """
     if not osp.isfile(ann_file):
         raise FileNotFoundError(f'annotation file not found: {ann_file}')
@@ -62,6 +65,19 @@ def load_annotations(ann_file: str, class_names: Sequence[str],
             database = json.load(f)['database']
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f'{ann_file} is not an annotation JSON with a "database" key ({err})') from None
+    if not isinstance(database, dict):
+        raise ValueError(f'{ann_file}: "database" must map video ids to videos, got {type(database).__name__}')
+    return database
+
+
+def load_annotations(ann_file: str, class_names: Sequence[str],
+                     subset: Optional[Union[str, Sequence[str]]] = None) -> List[VideoAnnotation]:
+    """Videos of ``subset`` (all when None) with their training targets (see the module docstring).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file (and video / label) that is missing or malformed.
+    """
+    database = read_database(ann_file)
     subsets = None if subset is None else ({subset} if isinstance(subset, str) else set(subset))
     index = {name: i for i, name in enumerate(class_names)}
     videos = []
@@ -82,6 +98,8 @@ def load_annotations(ann_file: str, class_names: Sequence[str],
                 raise ValueError(f'{ann_file}: video {video_name} has label {ann["label"]!r} that is not in the '
                                  f'class map ({len(class_names)} classes)')
             start, end = (float(v) for v in ann['segment'])
+            if ((start, end), index[ann['label']]) in zip(segments, labels):  # a repeated instance
+                continue
             segments.append((start, end))
             labels.append(index[ann['label']])
         videos.append(VideoAnnotation(

@@ -1,10 +1,10 @@
-"""TADmAPMetric: windows merged per video, NMS, unknown videos, empty predictions, result file."""
+"""TADmAPMetric: windows merged per video, NMS, videos without ground truth, empty predictions, result file."""
 import json
 
 import numpy as np
 import pytest
 
-from opentad_lora.evaluation.tad import TADmAPMetric
+from opentad_lora.evaluation.tad import TADmAPMetric, load_ground_truth, load_result_file, mean_average_precision
 
 CLASSES = ['Billiards', 'Diving', 'Shotput']  # Shotput has no ground truth in the evaluated subset
 
@@ -60,17 +60,18 @@ def test_hard_nms_removes_the_cross_window_duplicate_soft_nms_decays_it(ann_file
     iou = 2.9 / 3.0
     expected_soft = [0.9, 0.5 * np.exp(-iou ** 2 / 0.5)]
     assert [d['score'] for d in json.loads(soft.read_text())['results']['v1']] == pytest.approx(expected_soft,
-                                                                                                rel=1e-4)
+                                                                                                abs=1e-4)
     # Billiards: 1 of 2 actions found (AP 1/2), Diving: none (AP 0) -> 1/4
     assert metrics['tad/average_mAP'] == pytest.approx(0.25)
 
 
-def test_unknown_videos_are_ignored_and_missing_ones_lower_recall(ann_file):
+def test_predictions_for_videos_without_ground_truth_are_false_positives(ann_file):
     windows = [window('v1', [[2, 5], [10, 14]], [0.9, 0.8], [0, 1]), window('train1', [[1, 3]], [0.99], [0]),
                window('not_in_json', [[1, 3]], [0.99], [0])]
     metrics = evaluate(ann_file, windows)
-    # Billiards: 1 of 2 (v2 has no prediction) -> AP 1/2; Diving 1 -> mean 3/4; Shotput has no GT: left out
-    assert metrics['tad/average_mAP'] == pytest.approx(0.75)
+    # Billiards: FP, FP, then v1's TP (precision 1/3 at recall 1/2; v2 has no prediction) -> AP 1/6; Diving: 1;
+    # Shotput has no ground truth in the subset: left out -> (1/6 + 1) / 2
+    assert metrics['tad/average_mAP'] == pytest.approx(7 / 12)
 
 
 def test_no_predictions_give_zero(ann_file):
@@ -83,3 +84,35 @@ def test_class_names_are_required(ann_file):
     metric.process({}, [window('v1', [[2, 5]], [0.9], [0])])
     with pytest.raises(ValueError, match='class_map'):
         metric.evaluate(1)
+
+
+def test_result_file_is_opentads_format_and_gives_the_same_map(ann_file, tmp_path):
+    windows = [window('v1', [[2.004, 5.1], [9, 14], [2, 5]], [0.8, 0.7, 0.123456], [0, 1, 0]),
+               window('v2', [[0.5, 3]], [0.6], [0])]
+    result_file = tmp_path / 'result_detection.json'
+    metrics = evaluate(ann_file, windows, result_file=str(result_file))
+    data = json.loads(result_file.read_text())
+    assert set(data) == {'results', 'version', 'external_data'}  # OpenTAD's evaluator reads "results"
+    assert list(data['results']) == ['v1', 'v2']
+    for dets in data['results'].values():
+        for det in dets:
+            assert set(det) == {'segment', 'label', 'score'} and len(det['segment']) == 2
+            assert det['label'] in CLASSES and round(det['score'], 4) == det['score']
+            assert [round(x, 2) for x in det['segment']] == det['segment']
+    assert data['results']['v1'][0] == dict(segment=[2.0, 5.1], label='Billiards', score=0.8)
+    _, _, mean_ap = mean_average_precision(load_ground_truth(ann_file, 'validation'), load_result_file(str(result_file)),
+                                           (0.3, 0.4, 0.5, 0.6, 0.7))
+    assert metrics['tad/average_mAP'] == float(mean_ap.mean()) > 0
+
+
+def test_a_subset_without_ground_truth_stops_with_an_error(ann_file):
+    metric = TADmAPMetric(ann_file=ann_file, subset='testing')
+    metric.dataset_meta = dict(classes=CLASSES)
+    metric.process({}, [window('v1', [[2, 5]], [0.9], [0])])
+    with pytest.raises(ValueError, match="no ground truth .* subset 'testing'"):
+        metric.evaluate(1)
+
+
+def test_a_class_index_beyond_the_class_map_stops_with_an_error(ann_file):
+    with pytest.raises(ValueError, match='class map has 3 classes'):
+        evaluate(ann_file, [window('v1', [[2, 5]], [0.9], [3])])

@@ -79,10 +79,9 @@ test_dataloader = dict(
     ),
 )
 
-# OpenTAD's `post_processing` (soft-NMS per class over all windows of a video) and `evaluation`
-post_processing = dict(
-    nms=dict(use_soft_nms=True, sigma=0.5, max_seg_num=2000, iou_threshold=0.1, min_score=0.001, multiclass=True,
-             voting_thresh=0.7))
+# OpenTAD's `post_processing` of AdaTAD's THUMOS configs (soft-NMS per class over all windows of a video; OpenTAD
+# turns voting off for multiclass NMS) and `evaluation`
+post_processing = dict(nms=dict(use_soft_nms=True, sigma=0.7, max_seg_num=2000, multiclass=True, voting_thresh=0.7))
 val_evaluator = dict(
     type='TADmAPMetric',
     ann_file=annotation_path,
