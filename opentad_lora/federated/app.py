@@ -13,7 +13,7 @@ Flower's run config, so every node trains the same recipe:
 
 The server side is the same in both engines: :class:`~opentad_lora.federated.strategy.LoRAStrategy` through
 Flower's legacy round loop (``start_grid``: ``round_timeout`` and the minimum client counts apply), or, with
-``federated.secagg``, through Flower's ``SecAggPlusWorkflow`` with the ``secaggplus_mod`` on the clients.
+``federated.secagg.enabled``, through Flower's ``SecAggPlusWorkflow`` with the ``secaggplus_mod`` on the clients.
 """
 import copy
 import json
@@ -35,7 +35,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from .partition import make_partition
 from .server import ServerRun
-from .task import FederatedTask, lora_a_digest
+from .task import FederatedTask, lora_a_digest, secagg_settings
 
 logger = logging.getLogger(__name__)
 SECAGG_DEFAULTS = dict(num_shares=1.0, reconstruction_threshold=0.5, max_weight=1000.0, clipping_range=8.0,
@@ -121,7 +121,7 @@ def serve(grid: Grid, context: Context, spec: RunSpec) -> None:
         min_available_clients=int(fed.get('min_available_clients', num_clients)))
     timeout = fed.get('round_timeout')
     config = ServerConfig(num_rounds=remaining, round_timeout=None if timeout is None else float(timeout))
-    if task.secagg:
+    if task.secagg is not None:
         workflow = SecAggPlusWorkflow(**{**SECAGG_DEFAULTS, **task.secagg}, timeout=config.round_timeout)
         DefaultWorkflow(fit_workflow=workflow)(grid, LegacyContext(context, config=config, strategy=strategy))
     else:
@@ -142,7 +142,7 @@ def make_server_app(get_spec: Callable[[Context], RunSpec]) -> ServerApp:
 def make_client_app(get_spec: Callable[[Context], RunSpec]) -> ClientApp:
     def secagg_when_configured(msg: Message, context: Context, call_next: Callable) -> Message:
         """Flower's ``secaggplus_mod`` for runs with ``federated.secagg``; plain messages otherwise."""
-        if get_spec(context).cfg['federated'].get('secagg'):
+        if secagg_settings(get_spec(context).cfg['federated']) is not None:
             return secaggplus_mod(msg, context, call_next)
         return call_next(msg, context)
 

@@ -40,6 +40,15 @@ def lora_a_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def secagg_settings(fed: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The SecAgg+ settings of ``federated.secagg`` (``dict(enabled=True, max_weight=..., ...)``, the keyword
+    arguments of Flower's ``SecAggPlusWorkflow``) without ``enabled``; None when it is absent or disabled."""
+    secagg = fed.get('secagg') or {}
+    if not isinstance(secagg, dict):
+        raise ValueError(f'federated.secagg must be a dict (enabled=True, max_weight=...), got {secagg!r}.')
+    return {k: v for k, v in secagg.items() if k != 'enabled'} if secagg.get('enabled') else None
+
+
 class FederatedTask:
     """One federated experiment's model/data/training recipe, shared by the server and every client.
 
@@ -58,8 +67,8 @@ class FederatedTask:
         if self.residual not in RESIDUAL_MODES or (self.residual == 'base' and self.method != 'exact'):
             raise ValueError(f"federated.residual must be one of {RESIDUAL_MODES} ('base' only with strategy='exact'),"
                              f' got {self.residual!r}.')
-        self.secagg = fed.get('secagg')
-        if self.secagg and self.method == 'exact':
+        self.secagg = secagg_settings(fed)
+        if self.secagg is not None and self.method == 'exact':
             raise ValueError("federated.secagg (SecAgg+) works with strategy 'fedavg' or 'ffa' only: 'exact' needs "
                              "every client's product B_k A_k, and SecAgg+ reveals only the sum of what the clients "
                              "send. Use strategy='ffa' (exact too, with A frozen) or set federated.secagg=None.")
