@@ -46,7 +46,8 @@ def test_secagg_settings_and_exact_is_refused():
 
 def test_a_supernode_takes_the_simulations_partition_from_its_node_config():
     labels = [i % 4 for i in range(40)]
-    dataset = type('Labels', (), dict(__len__=lambda self: 40, get_data_info=lambda self, i: dict(gt_label=labels[i])))()
+    dataset = type('Labels', (), dict(__len__=lambda self: 40,
+                                      get_data_info=lambda self, i: dict(gt_label=labels[i])))()
     task = FederatedTask(cfg(partition=dict(type='dirichlet', alpha=0.5, seed=3)))
     expected = make_partition(labels, 3, 'dirichlet', 0.5, 3)
     for k in range(3):

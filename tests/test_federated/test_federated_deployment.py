@@ -162,7 +162,7 @@ def test_a_supernode_killed_mid_round_does_not_stop_the_run(federation, fedavg_r
     work = federation.root_dir / 'fault'
     command = [sys.executable, str(REPO / 'tools' / 'federated_train.py'), CONFIG, '--work-dir', str(work),
                '--cfg-options', *federation.options, 'federated.num_clients=3', 'federated.min_fit_clients=2',
-               'federated.min_available_clients=2', 'federated.round_timeout=120', '--superlink', 'loopback']
+               'federated.min_available_clients=2', 'federated.round_timeout=300', '--superlink', 'loopback']
     with subprocess.Popen(command, cwd=REPO, env=federation.env(federation.cli_home), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as run:
         try:
