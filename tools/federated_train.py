@@ -66,7 +66,10 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
         FederatedTask(cfg.to_dict())  # a bad federated section stops here, before anything is submitted
         work_dir = str(Path(work_dir).resolve())
         started = time.time()
-        submit(RunSpec(cfg.to_dict(), work_dir, args.resume), args.superlink)
+        try:
+            submit(RunSpec(cfg.to_dict(), work_dir, args.resume), args.superlink)
+        except (RuntimeError, FileNotFoundError) as err:  # the run did not start or did not complete
+            raise SystemExit(f'federated_train: {err}') from None
         history = Path(work_dir) / 'history.json'
         if not history.is_file() or history.stat().st_mtime < started:  # the SuperLink runs on another machine
             print(f'Run finished; the server wrote its outputs to {work_dir} on the SuperLink machine.')
