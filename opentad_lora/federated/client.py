@@ -27,11 +27,13 @@ class LoRAClient(NumPyClient):
         indices: Its training-sample indices (may be empty: it then reports ``empty_partition`` and sends the
             global arrays back with 0 examples, which the server leaves out of the average).
         dataset: The training set (built from the config when None).
+        device: Where this client trains (``'cpu'``, ``'cuda:0'``...; a SuperNode's ``device`` node config).
     """
 
-    def __init__(self, task: FederatedTask, partition_id: int, indices: Sequence[int], dataset=None) -> None:
+    def __init__(self, task: FederatedTask, partition_id: int, indices: Sequence[int], dataset=None,
+                 device: str = 'cpu') -> None:
         self.task, self.partition_id, self.indices = task, int(partition_id), list(indices)
-        self.model = task.build_model(cached=True)
+        self.model = task.build_model(cached=True).to(device)
         self.dataset = dataset
         self.num_lora = len(self.get_parameters({}))
 

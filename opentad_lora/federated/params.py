@@ -3,7 +3,8 @@
 This is Flower's ``NumPyClient`` convention (an ordered ``List[np.ndarray]``); both ends build the same model from
 the same config, so the order (``model.named_parameters()``) is the contract, and shapes are checked on arrival.
 """
-from typing import List, Sequence
+from collections import OrderedDict
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,12 @@ def _params(model: nn.Module) -> List[torch.nn.Parameter]:
 def get_parameters(model: nn.Module) -> List[np.ndarray]:
     """Copies of the trainable LoRA tensors as float32 numpy arrays (frozen LoRA A of FFA-LoRA is excluded)."""
     return [p.detach().float().cpu().numpy().copy() for p in _params(model)]
+
+
+def get_parameters_dict(model: nn.Module) -> Dict[str, np.ndarray]:
+    """The same arrays as :func:`get_parameters`, keyed by parameter name (ordered as the list): the seed's
+    ``lora_params[name].shape`` view. Flower exchanges the list; this is for inspection and saving."""
+    return OrderedDict(zip(get_parameter_names(model), get_parameters(model)))
 
 
 def set_parameters(model: nn.Module, params: Sequence[np.ndarray]) -> None:

@@ -1,14 +1,6 @@
-"""Per-round history of a federated run: JSON rows and a PNG plot of global accuracy vs round."""
-import json
+"""The plot of a federated run's history: global accuracy vs round, with the cumulative traffic."""
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
-
-
-def write_history(rows: Sequence[Dict], path: Union[str, Path]) -> Path:
-    """Write the rows (one dict per round) as indented JSON."""
-    path = Path(path)
-    path.write_text(json.dumps(list(rows), indent=2))
-    return path
 
 
 def plot_accuracy(rows: Sequence[Dict], path: Union[str, Path], title: str = '') -> Path:

@@ -25,6 +25,14 @@ def payload_bytes(parameters: Parameters) -> int:
     return sum(len(tensor) for tensor in parameters.tensors)
 
 
+def _describe(failure) -> str:
+    """One line for a failed client: the exception, or the status a client sent back."""
+    if isinstance(failure, BaseException):
+        return f'{type(failure).__name__}: {failure}'
+    _, res = failure
+    return f'status {res.status.code.name}: {res.status.message}'
+
+
 class LoRAStrategy(FedAvg):
     """FedAvg's client sampling and server-side evaluation with LoRA-aware aggregation.
 
@@ -39,13 +47,17 @@ class LoRAStrategy(FedAvg):
         residual: ``'none'`` (exact drops what rank r cannot hold) or ``'base'`` (carried in the global state and
             folded into the clients' base weights).
         lora_a_digest: For FFA, the hash of the server's frozen A, sent to clients to check theirs.
+        round_offset: Rounds already done (a resumed run): Flower counts from 1 again, every round this strategy
+            sees, sends (``server_round`` of the fit config, which seeds the clients) and records is shifted by
+            it, so round N + 1 of a resumed run is round N + 1 of an uninterrupted one.
         **kwargs: Of :class:`flwr.server.strategy.FedAvg` (``fraction_fit``, ``evaluate_fn``, ...).
     """
 
     def __init__(self, method: str, param_names: Sequence[str], initial_arrays: Sequence[np.ndarray],
-                 residual: str = 'none', lora_a_digest: Optional[str] = None,
+                 residual: str = 'none', lora_a_digest: Optional[str] = None, round_offset: int = 0,
                  on_fit_config_fn: Optional[Callable[[int], Dict[str, Scalar]]] = None, **kwargs) -> None:
         self.method, self.residual, self.lora_a_digest = method, residual, lora_a_digest
+        self.round_offset = int(round_offset)
         self.layout = LoRALayout(list(param_names))
         self.shapes = [tuple(a.shape) for a in initial_arrays[:len(param_names)]]
         self.user_fit_config_fn = on_fit_config_fn
@@ -69,14 +81,20 @@ class LoRAStrategy(FedAvg):
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> List[Tuple[ClientProxy, FitIns]]:
+        server_round += self.round_offset
         instructions = super().configure_fit(server_round, parameters, client_manager)
         self._record(server_round, down_bytes=payload_bytes(parameters) * len(instructions))
         return instructions
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        server_round += self.round_offset
         instructions = super().configure_evaluate(server_round, parameters, client_manager)
         self._record(server_round, down_bytes=payload_bytes(parameters) * len(instructions))
         return instructions
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> Optional[Tuple[float, Dict[str, Scalar]]]:
+        """The server-side evaluation (``evaluate_fn``) of the global state after ``server_round``."""
+        return super().evaluate(server_round + self.round_offset, parameters)
 
     def validate(self, server_round: int, client: str, fit_res: FitRes) -> Optional[List[np.ndarray]]:
         """The client's arrays, or None (with a warning) if they are rejected or the client had no data."""
@@ -99,6 +117,12 @@ class LoRAStrategy(FedAvg):
 
     def aggregate_fit(self, server_round: int, results: List[Tuple[ClientProxy, FitRes]],
                       failures: List) -> Tuple[Optional[Parameters], Dict[str, Scalar]]:
+        """Validate and aggregate the updates that came back; clients that failed or timed out are counted in
+        ``failures`` and the round goes on with the others."""
+        server_round += self.round_offset
+        if failures:
+            logger.warning('Round %d: %d client(s) failed or timed out (%s); aggregating the %d that answered.',
+                           server_round, len(failures), '; '.join(_describe(f) for f in failures[:3]), len(results))
         accepted, counts, metrics = [], [], []
         for proxy, fit_res in results:
             self._record(server_round, up_bytes=payload_bytes(fit_res.parameters))
@@ -125,5 +149,6 @@ class LoRAStrategy(FedAvg):
     def aggregate_evaluate(self, server_round: int, results: List[Tuple[ClientProxy, EvaluateRes]],
                            failures: List) -> Tuple[Optional[float], Dict[str, Scalar]]:
         """FedAvg's weighted loss over the clients that had data (empty partitions report 0 examples)."""
+        server_round += self.round_offset
         results = [(proxy, res) for proxy, res in results if res.num_examples > 0]
         return super().aggregate_evaluate(server_round, results, failures) if results else (None, {})

@@ -40,6 +40,15 @@ def lora_a_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def secagg_settings(fed: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The SecAgg+ settings of ``federated.secagg`` (``dict(enabled=True, max_weight=..., ...)``, the keyword
+    arguments of Flower's ``SecAggPlusWorkflow``) without ``enabled``; None when it is absent or disabled."""
+    secagg = fed.get('secagg') or {}
+    if not isinstance(secagg, dict):
+        raise ValueError(f'federated.secagg must be a dict (enabled=True, max_weight=...), got {secagg!r}.')
+    return {k: v for k, v in secagg.items() if k != 'enabled'} if secagg.get('enabled') else None
+
+
 class FederatedTask:
     """One federated experiment's model/data/training recipe, shared by the server and every client.
 
@@ -58,6 +67,11 @@ class FederatedTask:
         if self.residual not in RESIDUAL_MODES or (self.residual == 'base' and self.method != 'exact'):
             raise ValueError(f"federated.residual must be one of {RESIDUAL_MODES} ('base' only with strategy='exact'),"
                              f' got {self.residual!r}.')
+        self.secagg = secagg_settings(fed)
+        if self.secagg is not None and self.method == 'exact':
+            raise ValueError("federated.secagg (SecAgg+) works with strategy 'fedavg' or 'ffa' only: 'exact' needs "
+                             "every client's product B_k A_k, and SecAgg+ reveals only the sum of what the clients "
+                             "send. Use strategy='ffa' (exact too, with A frozen) or set federated.secagg=None.")
         self.local_epochs = int(fed.get('local_epochs', 1))
         self.batch_size = int(fed.get('batch_size', 16))
         self.seed = int(fed.get('seed', 0))
@@ -98,7 +112,10 @@ class FederatedTask:
 
     def build_dataset(self, split: str) -> Any:
         """``split`` is ``'train'`` or ``'test'`` (``cfg[split + '_dataset']``)."""
+        from mmengine.registry import init_default_scope
+
         from opentad_lora.registry import DATASETS
+        init_default_scope('opentad_lora')
         return DATASETS.build(copy.deepcopy(self.cfg[f'{split}_dataset']))
 
     def loader(self, dataset: Any, indices: Optional[Sequence[int]] = None, shuffle: bool = False,
@@ -137,7 +154,7 @@ class FederatedTask:
                 lora = layers[layer]
                 delta = torch.as_tensor(np.asarray(residual), dtype=torch.float32) * lora.scaling[lora.active_adapter]
                 weight = lora.base_layer.weight
-                weight.copy_((base[layer].float() + delta.to(weight.device)).to(weight.dtype))
+                weight.copy_((base[layer].to(weight.device).float() + delta.to(weight.device)).to(weight.dtype))
 
     # -- training and evaluation ---------------------------------------------------------------------------------
     def train_local(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:

@@ -1,16 +1,17 @@
 """The seed's CLIP-LoRA API as package functions (``create_clip_model``, ``get_parameters``, ...)."""
+import warnings
 from typing import Any, Dict, Mapping
 
 from torch import nn
 
-from opentad_lora.federated.params import get_parameters, set_parameters
+from opentad_lora.federated.params import get_parameters, get_parameters_dict, set_parameters
 from opentad_lora.peft import count_parameters, has_lora
 from opentad_lora.peft import get_lora_info as peft_lora_info
 from opentad_lora.registry import MODELS
 from .lora_config import TOWERS
 
 __all__ = ['create_clip_model', 'is_lora_enabled', 'get_lora_info', 'get_model_summary', 'get_parameters',
-           'set_parameters']
+           'get_parameters_dict', 'set_parameters']
 
 
 def create_clip_model(config: Mapping[str, Any]) -> nn.Module:
@@ -20,8 +21,24 @@ def create_clip_model(config: Mapping[str, Any]) -> nn.Module:
     download: weights come from ``pretrained``, a local OpenAI/HF checkpoint); ``lora`` is the per-encoder dict.
     With ``class_names`` the result is a :class:`CLIPClassifier` (``templates``, ``logit_scale`` optional),
     otherwise a :class:`ViTLoRA`. ``num_classes``, if given, must equal ``len(class_names)``.
+
+    Raises:
+        ValueError: ``num_classes`` without ``class_names`` (CLIP classifies by its text embedding of each class
+            name: a count alone cannot make a classifier).
+
+    Warns:
+        UserWarning: no ``pretrained`` key: the weights are random, not CLIP's (``pretrained=None`` says so on
+            purpose and silences the warning).
     """
     config = dict(config)
+    if 'num_classes' in config and 'class_names' not in config:
+        raise ValueError(f"create_clip_model: num_classes={config['num_classes']} but no 'class_names': CLIP "
+                         "classifies by comparing images with the text of each class, so give class_names (one "
+                         "prompt word per class, in label order); drop num_classes for a bare CLIP backbone.")
+    if 'pretrained' not in config:
+        warnings.warn("create_clip_model: no 'pretrained' key, so the CLIP weights are RANDOM (nothing is "
+                      "downloaded): set config['pretrained'] to a local OpenAI/HF CLIP checkpoint, or "
+                      "pretrained=None to train from scratch on purpose.", UserWarning, stacklevel=2)
     clip = dict(type='ViTLoRA', arch=config.pop('arch', config.pop('model_name', 'ViT-B/16')))
     for key in ('pretrained', 'checkpoint_layout', 'lora', 'with_cp'):
         if key in config:

@@ -141,5 +141,8 @@ class ViTLoRA(nn.Module):
     def get_parameters(self) -> List[np.ndarray]:
         return api.get_parameters(self)
 
+    def get_parameters_dict(self) -> Dict[str, np.ndarray]:
+        return api.get_parameters_dict(self)
+
     def set_parameters(self, params: Sequence[np.ndarray]) -> None:
         api.set_parameters(self, params)

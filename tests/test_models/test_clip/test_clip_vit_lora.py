@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from opentad_lora.models.clip import (CLIP_ARCHS, ViTLoRA, create_clip_model, get_lora_info, get_model_summary,
-                                      get_parameters, is_lora_enabled, resolve_arch, set_parameters)
+                                      get_parameters, get_parameters_dict, is_lora_enabled, resolve_arch,
+                                      set_parameters)
 from opentad_lora.peft import count_parameters
 
 QKV = ['q_proj', 'k_proj', 'v_proj']
@@ -111,7 +112,7 @@ def test_create_clip_model_from_the_seed_config():
     config = {'model_name': 'openai/clip-vit-base-patch32', 'lora': {
         'enabled': True, 'r': 8, 'lora_alpha': 16, 'lora_dropout': 0.05,
         'target_modules': {'vision_encoder': ['q_proj', 'v_proj', 'k_proj', 'out_proj']}}}
-    with torch.device('meta'):
+    with torch.device('meta'), pytest.warns(UserWarning, match="no 'pretrained' key, so the CLIP weights are RANDOM"):
         model = create_clip_model(config)
     assert model.arch == resolve_arch(CLIP_ARCHS['ViT-B/32'])
     assert model.is_lora_enabled()
@@ -122,6 +123,20 @@ def test_create_clip_model_from_the_seed_config():
     assert summary['total_parameters'] == 151_277_313 + info['trainable_parameters']
     assert summary['parts']['text_model']['trainable'] == 0
     assert summary['parts']['vision_model']['trainable'] == info['trainable_parameters']
+
+
+def test_create_clip_model_makes_the_seed_gaps_explicit(recwarn):
+    lora = dict(enabled=True, r=2, target_modules=dict(vision_encoder=QKV))
+    # The seed's num_classes without class_names used to build a bare backbone silently.
+    with pytest.raises(ValueError, match="num_classes=10 but no 'class_names'"):
+        create_clip_model(dict(arch=TINY, num_classes=10, lora=lora, pretrained=None))
+    model = create_clip_model(dict(arch=TINY, lora=lora, pretrained=None))  # random on purpose: no warning
+    assert not [w for w in recwarn if 'pretrained' in str(w.message)]
+    named = get_parameters_dict(model)
+    assert list(named) == [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(named) == 2 * 3 * 2 and all('.lora_' in name for name in named)
+    assert all(np.array_equal(a, b) for a, b in zip(named.values(), model.get_parameters()))
+    assert model.get_parameters_dict().keys() == named.keys()
 
 
 def test_bad_configs_raise_before_building():
