@@ -43,7 +43,9 @@ class LoRAConfig:
             one float tensor, so under FSDP set it to the dtype of the other weights of the unit (e.g. float32).
         keep_dequantized: Keep each quantized base's dequantized weight from forward until backward instead of
             dequantizing it again there: one dequantization less per layer and step, for a compute-dtype copy of
-            every quantized weight held through the step (what QLoRA is meant to avoid). Off by default.
+            every quantized weight held through the step (what QLoRA is meant to avoid). Off by default. Calls with
+            fewer than ``functional.PLAIN_MAX_ROWS`` rows and no dropout take the plain path, which always
+            dequantizes again.
         rank_pattern: ``{pattern: r}`` overrides; the first matching pattern wins.
         alpha_pattern: ``{pattern: alpha}`` overrides; the first matching pattern wins.
         modules_to_save: Patterns of modules trained in full and saved with the adapter (e.g. a new head).
