@@ -21,13 +21,17 @@ steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 For a quantized (QLoRA) base the same function takes a ``dequantize`` callable instead of a weight: the 4/8-bit
 weight is dequantized to the compute dtype in forward and again in backward (weight-only quantization: activations
 stay in float), so no dequantized weight outlives its GEMM unless ``keep_dequantized`` asks for it.
+
+A layer that reads an activation's output (``fc2(gelu(h))``) can take ``h`` with the activation as ``input_fn``:
+it then keeps ``h``, which the activation would have kept anyway, instead of its own copy of ``gelu(h)``, and
+applies the activation again in backward. In a ViT MLP that copy is the widest tensor LoRA would keep.
 """
 import weakref
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def lora_delta(x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, dropout_p: float = 0.0,
@@ -105,6 +109,20 @@ def _redraw_dropout(source: Tensor, dropout_p: float, state: Tensor) -> Tuple[Te
         _set_rng_state(current, source.device)
 
 
+# Activations a fused layer can apply to its input and differentiate from the pre-activation alone: parameter-free,
+# elementwise, with an ATen backward that needs only the pre-activation (no second forward in backward).
+_ACTIVATION_BACKWARD: Dict[type, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
+    nn.GELU: lambda act, grad, pre: torch.ops.aten.gelu_backward(grad, pre, approximate=act.approximate),
+    nn.SiLU: lambda act, grad, pre: torch.ops.aten.silu_backward(grad, pre),
+    nn.ReLU: lambda act, grad, pre: torch.ops.aten.threshold_backward(grad, pre, 0),
+}
+
+
+def recomputable_activation(module: nn.Module) -> bool:
+    """Whether ``module`` can be a fused layer's ``input_fn`` (GELU, SiLU or ReLU, not in place)."""
+    return type(module) in _ACTIVATION_BACKWARD and not getattr(module, 'inplace', False)
+
+
 class FusedLoRALinear(torch.autograd.Function):
     """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward.
 
@@ -113,14 +131,15 @@ class FusedLoRALinear(torch.autograd.Function):
 
     Saved for backward: the compute-dtype input (the caller's own tensor when no cast is needed, one shared cast copy
     otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout the generator state instead of the mask and the
-    dropped-out copy: backward draws the same mask again, so dropout costs no activation memory.
+    dropped-out copy: backward draws the same mask again, so dropout costs no activation memory. With ``input_fn``
+    (see :func:`recomputable_activation`) the layer computes on ``input_fn(x)`` but saves ``x``.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
                 scaling: float, dropout_p: float, training: bool,
                 dequantize: Optional[Callable[[torch.dtype], Tensor]] = None,
-                keep_dequantized: bool = False) -> Tensor:
+                keep_dequantized: bool = False, input_fn: Optional[nn.Module] = None) -> Tensor:
         # Every operand is cast to the compute dtype explicitly, so autocast (if on) has nothing left to do here;
         # the body is kept short because eager LoRA steps are often bound by the host issuing kernels.
         dtype = _compute_dtype(x)
@@ -130,7 +149,7 @@ class FusedLoRALinear(torch.autograd.Function):
         a_c, b_c = lora_a.to(dtype), (lora_b * scaling).to(dtype)  # B is scaled once, here, for both passes
         # The input in the compute dtype, in x's own layout: dropout draws its mask in that layout (the reference's
         # and PEFT's stream), and a contiguous x of that dtype is saved as is, shared with every layer reading it.
-        source = _cast_once(x, dtype)
+        source = _cast_once(x, dtype) if input_fn is None else input_fn(x).to(dtype)
         x2d = source.reshape(-1, in_features)
         lora_in, mask, rng_state = x2d, None, None
         if dropout_p > 0.0 and training:
@@ -145,8 +164,8 @@ class FusedLoRALinear(torch.autograd.Function):
         else:
             out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
         kept_weight = base_weight if dequantize is None or keep_dequantized else None
-        ctx.save_for_backward(source, xa, mask, rng_state, kept_weight, a_c, b_c)
-        ctx.dequantize = dequantize
+        ctx.save_for_backward(source if input_fn is None else x, xa, mask, rng_state, kept_weight, a_c, b_c)
+        ctx.dequantize, ctx.input_fn = dequantize, input_fn
         ctx.meta = (scaling, dtype, dropout_p if training else 0.0, x.shape, x.dtype,  # one attribute: cheaper
                     weight.dtype if weight is not None else None, bias.dtype if bias is not None else None,
                     lora_a.dtype, lora_b.dtype)
@@ -154,8 +173,10 @@ class FusedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        source, xa, mask, rng_state, base_weight, a_c, b_c = ctx.saved_tensors
+        saved_input, xa, mask, rng_state, base_weight, a_c, b_c = ctx.saved_tensors
         scaling, dtype, dropout_p, x_shape, x_dtype, weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.meta
+        input_fn = ctx.input_fn
+        source = saved_input if input_fn is None else input_fn(saved_input).to(dtype)
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         if base_weight is None and need_x:
             base_weight = ctx.dequantize(dtype)
@@ -164,36 +185,38 @@ class FusedLoRALinear(torch.autograd.Function):
         dy = grad_out.reshape(-1, out_features).to(dtype)
         g = dy @ b_c  # (N, r) = dy @ (s B), shared by dx and dA
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
-        # With dropout the (N, K) temporaries come one at a time, each freed before the next: this backward runs
-        # first in a checkpointed block, while everything the block saved is still alive (the step's peak).
-        if rng_state is not None or mask is not None:
-            if rng_state is not None:
-                lora_in, mask = _redraw_dropout(source, dropout_p, rng_state)
-            else:
-                lora_in = source * mask * (1.0 / (1.0 - dropout_p))
-            if need_a:
-                grad_a = (g.t() @ lora_in.reshape(x2d.shape)).to(a_dtype)
-            del lora_in
-            if need_x:
-                grad_x = ((g * (1.0 / (1.0 - dropout_p))) @ a_c).mul_(mask.reshape(x2d.shape))
-                del mask
-                grad_x = grad_x.addmm_(dy, base_weight)
+        # The (N, K) temporaries come one at a time, each freed before the next: this backward runs first in a
+        # checkpointed block, while everything the block saved is still alive (the step's peak).
+        dropped = rng_state is not None or mask is not None
+        if dropped and rng_state is not None:
+            lora_in, mask = _redraw_dropout(source, dropout_p, rng_state)
+        elif dropped:
+            lora_in = source * mask * (1.0 / (1.0 - dropout_p))
         else:
-            if need_a:
-                grad_a = (g.t() @ x2d).to(a_dtype)
-            if need_x and base_weight.shape[1] >= 2 * out_features:  # [dy | g] @ [W ; A]
-                grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, a_c], dim=0)
-            elif need_x:
-                grad_x = (g @ a_c).addmm_(dy, base_weight)
-        if grad_x is not None:
-            grad_x = grad_x.reshape(x_shape).to(x_dtype)
+            lora_in = source
+        if need_a:
+            grad_a = (g.t() @ lora_in.reshape(x2d.shape)).to(a_dtype)
         if need_w:  # a trainable base never meets dropout here (see can_fuse)
             grad_w = (dy.t() @ x2d).to(weight_dtype)
+        del lora_in, source, x2d  # frees input_fn's recomputed output before dx is made
+        if need_x and dropped:
+            grad_x = ((g * (1.0 / (1.0 - dropout_p))) @ a_c).mul_(mask.reshape(-1, a_c.shape[1]))
+            del mask
+            grad_x = grad_x.addmm_(dy, base_weight)
+        elif need_x and base_weight.shape[1] >= 2 * out_features:  # [dy | g] @ [W ; A]
+            grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, a_c], dim=0)
+        elif need_x:
+            grad_x = (g @ a_c).addmm_(dy, base_weight)
+        if grad_x is not None:
+            grad_x = grad_x.reshape(x_shape)
+            if input_fn is not None:  # through the activation, from the saved pre-activation
+                grad_x = _ACTIVATION_BACKWARD[type(input_fn)](input_fn, grad_x.to(x_dtype), saved_input)
+            grad_x = grad_x.to(x_dtype)
         if need_bias:
             grad_b = dy.sum(0).to(bias_dtype)
         if need_b:
             grad_bb = (dy.t() @ xa).mul_(scaling).to(b_dtype)
-        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None, None
+        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None, None, None
 
 
 # Below this many rows (tokens) a LoRA layer is bound by the host issuing kernels, not by the GPU: there the plain
@@ -231,24 +254,32 @@ def can_fuse(weight: Tensor, dropout_p: float, training: bool) -> bool:
 
 
 def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor, scaling: float,
-                dropout_p: float = 0.0, training: bool = False, fused: bool = True) -> Tensor:
-    """LoRA linear forward for a float base; the fused path where it applies, else the reference path."""
+                dropout_p: float = 0.0, training: bool = False, fused: bool = True,
+                input_fn: Optional[nn.Module] = None) -> Tensor:
+    """LoRA linear forward of ``input_fn(x)`` (or ``x``) for a float base; fused where it applies, else the reference.
+
+    The fused path keeps ``x`` instead of ``input_fn(x)`` for backward (see :func:`recomputable_activation`).
+    """
     if fused and can_fuse(weight, dropout_p, training):
-        return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training, None, False)
+        return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training, None, False,
+                                     input_fn)
+    x = x if input_fn is None else input_fn(x)
     return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 
 
 def qlora_linear(x: Tensor, dequantize: Callable[[torch.dtype], Tensor], bias: Optional[Tensor], lora_a: Tensor,
                  lora_b: Tensor, scaling: float, dropout_p: float = 0.0, training: bool = False,
-                 fused: bool = True, keep_dequantized: bool = False) -> Tensor:
+                 fused: bool = True, keep_dequantized: bool = False, input_fn: Optional[nn.Module] = None) -> Tensor:
     """LoRA linear forward for a quantized base given by ``dequantize(dtype)``; fused unless ``fused=False``.
 
     ``keep_dequantized`` keeps the dequantized weight from forward to backward instead of dequantizing again: one
     dequantization less per step, at the cost of a compute-dtype copy of every layer's weight held until backward.
+    ``input_fn`` as in :func:`lora_linear`.
     """
     if fused:
         return FusedLoRALinear.apply(x, None, bias, lora_a, lora_b, scaling, dropout_p, training, dequantize,
-                                     keep_dequantized)
+                                     keep_dequantized, input_fn)
+    x = x if input_fn is None else input_fn(x)
     weight = dequantize(_compute_dtype(x))
     return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 

@@ -182,21 +182,28 @@ class LoRALinear(LoRALayer):
         return LF.linear_delta_weight(self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight,
                                       self.scaling[adapter_name])
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_fn: Optional[nn.Module] = None) -> Tensor:
+        """``base(x) + lora(x)``; with ``input_fn`` (an activation, see :func:`.functional.recomputable_activation`)
+        the layer is applied to ``input_fn(x)`` and the fused path keeps ``x`` for backward instead of a copy of
+        ``input_fn(x)``: ``fc2(gelu(h))`` then costs no more activation memory than the base MLP."""
+        if input_fn is not None and not LF.recomputable_activation(input_fn):
+            raise TypeError(f'input_fn must be one of GELU/SiLU/ReLU (not in place), got {input_fn!r}.')
         if not self._use_lora():
-            return self.base_layer(x)
+            return self.base_layer(x if input_fn is None else input_fn(x))
         name = self.active_adapter
         lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
         scaling, dropout_p = self.scaling[name], self.dropout_p[name]
         if self.fused and LF.use_plain_path(x, dropout_p, self.training):
+            x = x if input_fn is None else input_fn(x)  # few rows: memory is not what matters there
             quantized = is_quantized(self.base_layer)
             base_forward = partial(dequantizing_linear, self.base_layer) if quantized else self.base_layer
             return LF.lora_linear_plain(x, base_forward, lora_a, lora_b, scaling)
         if is_quantized(self.base_layer):
             return LF.qlora_linear(x, self._dequantize, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
-                                   self.training, fused=self.fused, keep_dequantized=self.keep_dequantized)
+                                   self.training, fused=self.fused, keep_dequantized=self.keep_dequantized,
+                                   input_fn=input_fn)
         return LF.lora_linear(x, self.base_layer.weight, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
-                              self.training, fused=self.fused)
+                              self.training, fused=self.fused, input_fn=input_fn)
 
 
 class LoRAConv(LoRALayer):
@@ -236,6 +243,17 @@ class LoRAConv(LoRALayer):
             lora_in = nn.functional.dropout(lora_in, self.dropout_p[name], training=True)
         delta = self.lora_B[name](self.lora_A[name](lora_in)) * self.scaling[name]
         return result + delta.to(result.dtype)
+
+
+def linear_after_activation(linear: nn.Module, activation: nn.Module, x: Tensor) -> Tensor:
+    """``linear(activation(x))``, letting a LoRA ``linear`` keep ``x`` rather than ``activation(x)`` for backward.
+
+    For model code such as an MLP's ``fc2(act(fc1(x)))``: the activation already keeps its input for its own
+    backward, so a LoRA ``fc2`` that applies it itself stores nothing more than the plain MLP does.
+    """
+    if isinstance(linear, LoRALinear) and LF.recomputable_activation(activation):
+        return linear(x, input_fn=activation)
+    return linear(activation(x))
 
 
 def lora_layer_class(module: nn.Module) -> Optional[type]:

@@ -3,12 +3,15 @@ from typing import Callable, Optional
 
 from torch import Tensor, nn
 
+from ...peft import linear_after_activation
+
 
 class Mlp(nn.Module):
     """``fc1 -> act -> drop -> fc2 -> drop``.
 
     The names match timm/ViTPose/VideoMAE checkpoints, so LoRA targets ``fc1``/``fc2`` and pretrained keys
-    ``blocks.N.mlp.fc1.weight`` work unchanged.
+    ``blocks.N.mlp.fc1.weight`` work unchanged. Without dropout between them, a LoRA ``fc2`` applies ``act``
+    itself (:func:`~opentad_lora.peft.linear_after_activation`) and keeps no copy of the hidden activation.
 
     Args:
         in_features: Input width.
@@ -31,4 +34,7 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        hidden = self.fc1(x)
+        if self.training and self.drop1.p > 0.0:
+            return self.drop2(self.fc2(self.drop1(self.act(hidden))))
+        return self.drop2(linear_after_activation(self.fc2, self.act, hidden))
