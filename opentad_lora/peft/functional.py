@@ -22,9 +22,9 @@ For a quantized (QLoRA) base the same function takes a ``dequantize`` callable i
 weight is dequantized to the compute dtype in forward and again in backward (weight-only quantization: activations
 stay in float), so no dequantized weight outlives its GEMM unless ``keep_dequantized`` asks for it.
 
-A layer that reads an activation's output (``fc2(gelu(h))``) can take ``h`` with the activation as ``input_fn``:
-it then keeps ``h``, which the activation would have kept anyway, instead of its own copy of ``gelu(h)``, and
-applies the activation again in backward. In a ViT MLP that copy is the widest tensor LoRA would keep.
+A layer that reads a norm's or an activation's output (``qkv(norm1(x))``, ``fc2(gelu(h))``) can take that
+function as ``input_fn`` (:mod:`.input_fn`): it then keeps the function's input, which the function keeps anyway,
+instead of its own copy of the output, and applies the function again in backward.
 """
 import weakref
 from typing import Callable, Dict, Optional, Tuple
@@ -32,6 +32,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .input_fn import apply_input_fn, input_fn_backward
 
 
 def lora_delta(x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, dropout_p: float = 0.0,
@@ -109,20 +111,6 @@ def _redraw_dropout(source: Tensor, dropout_p: float, state: Tensor) -> Tuple[Te
         _set_rng_state(current, source.device)
 
 
-# Activations a fused layer can apply to its input and differentiate from the pre-activation alone: parameter-free,
-# elementwise, with an ATen backward that needs only the pre-activation (no second forward in backward).
-_ACTIVATION_BACKWARD: Dict[type, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
-    nn.GELU: lambda act, grad, pre: torch.ops.aten.gelu_backward(grad, pre, approximate=act.approximate),
-    nn.SiLU: lambda act, grad, pre: torch.ops.aten.silu_backward(grad, pre),
-    nn.ReLU: lambda act, grad, pre: torch.ops.aten.threshold_backward(grad, pre, 0),
-}
-
-
-def recomputable_activation(module: nn.Module) -> bool:
-    """Whether ``module`` can be a fused layer's ``input_fn`` (GELU, SiLU or ReLU, not in place)."""
-    return type(module) in _ACTIVATION_BACKWARD and not getattr(module, 'inplace', False)
-
-
 class FusedLoRALinear(torch.autograd.Function):
     """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward.
 
@@ -132,7 +120,7 @@ class FusedLoRALinear(torch.autograd.Function):
     Saved for backward: the compute-dtype input (the caller's own tensor when no cast is needed, one shared cast copy
     otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout the generator state instead of the mask and the
     dropped-out copy: backward draws the same mask again, so dropout costs no activation memory. With ``input_fn``
-    (see :func:`recomputable_activation`) the layer computes on ``input_fn(x)`` but saves ``x``.
+    (see :func:`.input_fn.is_recomputable`) the layer computes on ``input_fn(x)`` but saves ``x``.
     """
 
     @staticmethod
@@ -149,7 +137,8 @@ class FusedLoRALinear(torch.autograd.Function):
         a_c, b_c = lora_a.to(dtype), (lora_b * scaling).to(dtype)  # B is scaled once, here, for both passes
         # The input in the compute dtype, in x's own layout: dropout draws its mask in that layout (the reference's
         # and PEFT's stream), and a contiguous x of that dtype is saved as is, shared with every layer reading it.
-        source = _cast_once(x, dtype) if input_fn is None else input_fn(x).to(dtype)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        source = _cast_once(x, dtype) if input_fn is None else apply_input_fn(input_fn, x, autocast)[0].to(dtype)
         x2d = source.reshape(-1, in_features)
         lora_in, mask, rng_state = x2d, None, None
         if dropout_p > 0.0 and training:
@@ -166,7 +155,7 @@ class FusedLoRALinear(torch.autograd.Function):
         kept_weight = base_weight if dequantize is None or keep_dequantized else None
         ctx.save_for_backward(source if input_fn is None else x, xa, mask, rng_state, kept_weight, a_c, b_c)
         ctx.dequantize, ctx.input_fn = dequantize, input_fn
-        ctx.meta = (scaling, dtype, dropout_p if training else 0.0, x.shape, x.dtype,  # one attribute: cheaper
+        ctx.meta = (scaling, dtype, dropout_p if training else 0.0, x.shape, x.dtype, autocast,  # one attribute
                     weight.dtype if weight is not None else None, bias.dtype if bias is not None else None,
                     lora_a.dtype, lora_b.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -174,9 +163,11 @@ class FusedLoRALinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
         saved_input, xa, mask, rng_state, base_weight, a_c, b_c = ctx.saved_tensors
-        scaling, dtype, dropout_p, x_shape, x_dtype, weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.meta
-        input_fn = ctx.input_fn
-        source = saved_input if input_fn is None else input_fn(saved_input).to(dtype)
+        scaling, dtype, dropout_p, x_shape, x_dtype, autocast, weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.meta
+        input_fn, source, fn_aux = ctx.input_fn, saved_input, None
+        if input_fn is not None:  # forward's input_fn(x), again
+            source, fn_aux = apply_input_fn(input_fn, saved_input, autocast)
+            source = source.to(dtype)
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         if base_weight is None and need_x:
             base_weight = ctx.dequantize(dtype)
@@ -209,8 +200,8 @@ class FusedLoRALinear(torch.autograd.Function):
             grad_x = (g @ a_c).addmm_(dy, base_weight)
         if grad_x is not None:
             grad_x = grad_x.reshape(x_shape)
-            if input_fn is not None:  # through the activation, from the saved pre-activation
-                grad_x = _ACTIVATION_BACKWARD[type(input_fn)](input_fn, grad_x.to(x_dtype), saved_input)
+            if input_fn is not None:
+                grad_x = input_fn_backward(input_fn, grad_x, saved_input, fn_aux)
             grad_x = grad_x.to(x_dtype)
         if need_bias:
             grad_b = dy.sum(0).to(bias_dtype)
@@ -258,7 +249,7 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tenso
                 input_fn: Optional[nn.Module] = None) -> Tensor:
     """LoRA linear forward of ``input_fn(x)`` (or ``x``) for a float base; fused where it applies, else the reference.
 
-    The fused path keeps ``x`` instead of ``input_fn(x)`` for backward (see :func:`recomputable_activation`).
+    The fused path keeps ``x`` instead of ``input_fn(x)`` for backward (see :mod:`.input_fn`).
     """
     if fused and can_fuse(weight, dropout_p, training):
         return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training, None, False,

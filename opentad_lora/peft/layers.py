@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as LF
+from .input_fn import is_recomputable
 from .quant import dequantize_weight, dequantizing_linear, is_quantized, requantize_like
 
 _CONV_TYPES = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -183,11 +184,11 @@ class LoRALinear(LoRALayer):
                                       self.scaling[adapter_name])
 
     def forward(self, x: Tensor, input_fn: Optional[nn.Module] = None) -> Tensor:
-        """``base(x) + lora(x)``; with ``input_fn`` (an activation, see :func:`.functional.recomputable_activation`)
-        the layer is applied to ``input_fn(x)`` and the fused path keeps ``x`` for backward instead of a copy of
-        ``input_fn(x)``: ``fc2(gelu(h))`` then costs no more activation memory than the base MLP."""
-        if input_fn is not None and not LF.recomputable_activation(input_fn):
-            raise TypeError(f'input_fn must be one of GELU/SiLU/ReLU (not in place), got {input_fn!r}.')
+        """``base(x) + lora(x)``; with ``input_fn`` (see :mod:`.input_fn`) the layer is applied to ``input_fn(x)``
+        and the fused path keeps ``x`` for backward instead of a copy of ``input_fn(x)``."""
+        if input_fn is not None and not is_recomputable(input_fn):
+            raise TypeError('input_fn must be GELU/SiLU/ReLU (not in place) or a LayerNorm with frozen affine '
+                            f'parameters, got {input_fn!r}.')
         if not self._use_lora():
             return self.base_layer(x if input_fn is None else input_fn(x))
         name = self.active_adapter
@@ -245,15 +246,18 @@ class LoRAConv(LoRALayer):
         return result + delta.to(result.dtype)
 
 
-def linear_after_activation(linear: nn.Module, activation: nn.Module, x: Tensor) -> Tensor:
-    """``linear(activation(x))``, letting a LoRA ``linear`` keep ``x`` rather than ``activation(x)`` for backward.
+def linear_after(linear: nn.Module, fn: Optional[nn.Module], x: Tensor) -> Tensor:
+    """``linear(fn(x))`` (``linear(x)`` if ``fn`` is None), letting a LoRA ``linear`` keep ``x`` rather than ``fn(x)``.
 
-    For model code such as an MLP's ``fc2(act(fc1(x)))``: the activation already keeps its input for its own
-    backward, so a LoRA ``fc2`` that applies it itself stores nothing more than the plain MLP does.
+    For model code such as ``qkv(norm1(x))`` or an MLP's ``fc2(act(h))``: the norm or activation keeps ``x`` for its
+    own backward already, so a LoRA layer that applies it itself stores nothing more than the model without LoRA
+    (:mod:`.input_fn` lists the functions; others are applied first, as usual).
     """
-    if isinstance(linear, LoRALinear) and LF.recomputable_activation(activation):
-        return linear(x, input_fn=activation)
-    return linear(activation(x))
+    if fn is None:
+        return linear(x)
+    if isinstance(linear, LoRALinear) and is_recomputable(fn):
+        return linear(x, input_fn=fn)
+    return linear(fn(x))
 
 
 def lora_layer_class(module: nn.Module) -> Optional[type]:

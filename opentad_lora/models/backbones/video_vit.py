@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...peft import linear_after
 from ..layers import Attention, TransformerBlock, sincos_1d
 
 # VideoMAE (S/B/L/H) and VideoMAE-v2 (g) encoder sizes.
@@ -75,9 +76,9 @@ class VideoMAEAttention(Attention):
         self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
         self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, norm: Optional[nn.Module] = None) -> Tensor:
         batch, tokens, channels = x.shape
-        qkv = self.qkv(x)
+        qkv = linear_after(self.qkv, norm, x)
         if self.q_bias is not None:
             qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias]).to(qkv.dtype)
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

@@ -4,6 +4,7 @@ from typing import Callable, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...peft import linear_after
 from ..layers import Attention, DropPath, LayerScale, Mlp
 from .rope import RotaryPositionEmbedding2D
 
@@ -20,10 +21,10 @@ class RopeAttention(Attention):
         super().__init__(dim, **kwargs)
         self.rope = rope
 
-    def forward(self, x: Tensor, pos: Optional[Tensor] = None) -> Tensor:
-        """Attend over ``x`` (B, N, C); ``pos`` (B, N, 2) are the tokens' RoPE positions."""
+    def forward(self, x: Tensor, pos: Optional[Tensor] = None, norm: Optional[nn.Module] = None) -> Tensor:
+        """Attend over ``norm(x)`` (B, N, C; ``x`` without ``norm``); ``pos`` (B, N, 2) are the RoPE positions."""
         batch, tokens, channels = x.shape
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = linear_after(self.qkv, norm, x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None and pos is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
@@ -61,5 +62,5 @@ class VGGTBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pos: Optional[Tensor] = None) -> Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), pos)))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(self.ls1(self.attn(x, pos, norm=self.norm1)))  # LoRA layers apply the norms
+        return x + self.drop_path(self.ls2(self.mlp(x, norm=self.norm2)))

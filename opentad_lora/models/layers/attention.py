@@ -4,6 +4,8 @@ from typing import Callable, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...peft import linear_after
+
 
 class Attention(nn.Module):
     """Self-attention ``proj(softmax(q k^T / sqrt(d)) v)`` with timm's names ``qkv``/``proj`` (``q_norm``/``k_norm``).
@@ -37,10 +39,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        """Attend over the tokens of ``x`` (B, N, C); ``attn_mask`` is SDPA's (bool: True = attend, or additive)."""
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, norm: Optional[nn.Module] = None) -> Tensor:
+        """Attend over the tokens of ``norm(x)`` (B, N, C; ``x`` without ``norm``); ``attn_mask`` is SDPA's (bool:
+        True = attend, or additive). A LoRA ``qkv`` applies ``norm`` itself (:func:`~opentad_lora.peft.linear_after`)."""
         batch, tokens, channels = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear_after(self.qkv, norm, x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         x = F.scaled_dot_product_attention(

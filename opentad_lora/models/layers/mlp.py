@@ -3,15 +3,16 @@ from typing import Callable, Optional
 
 from torch import Tensor, nn
 
-from ...peft import linear_after_activation
+from ...peft import linear_after
 
 
 class Mlp(nn.Module):
     """``fc1 -> act -> drop -> fc2 -> drop``.
 
     The names match timm/ViTPose/VideoMAE checkpoints, so LoRA targets ``fc1``/``fc2`` and pretrained keys
-    ``blocks.N.mlp.fc1.weight`` work unchanged. Without dropout between them, a LoRA ``fc2`` applies ``act``
-    itself (:func:`~opentad_lora.peft.linear_after_activation`) and keeps no copy of the hidden activation.
+    ``blocks.N.mlp.fc1.weight`` work unchanged. LoRA ``fc1``/``fc2`` apply the block's norm (given to forward) and
+    ``act`` themselves (:func:`~opentad_lora.peft.linear_after`, without dropout between): they keep no copy of
+    their inputs beyond what the norm and the activation keep anyway.
 
     Args:
         in_features: Input width.
@@ -33,8 +34,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        hidden = self.fc1(x)
+    def forward(self, x: Tensor, norm: Optional[nn.Module] = None) -> Tensor:
+        """``mlp(norm(x))`` (``mlp(x)`` without ``norm``)."""
+        hidden = linear_after(self.fc1, norm, x)
         if self.training and self.drop1.p > 0.0:
             return self.drop2(self.fc2(self.drop1(self.act(hidden))))
-        return self.drop2(linear_after_activation(self.fc2, self.act, hidden))
+        return self.drop2(linear_after(self.fc2, self.act, hidden))

@@ -54,5 +54,6 @@ class TransformerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        # The norms are handed to attn/mlp so that LoRA layers can apply them (and keep no copy of their output).
+        x = x + self.drop_path1(self.ls1(self.attn(x, attn_mask=attn_mask, norm=self.norm1)))
+        return x + self.drop_path2(self.ls2(self.mlp(x, norm=self.norm2)))

@@ -1,14 +1,25 @@
-"""A LoRA layer applied after an activation (``fc2(act(h))``) keeps ``h``, not a copy of ``act(h)``, and computes
-exactly what ``fc2(act(h))`` computes, in forward and in every gradient."""
+"""A LoRA layer applied after a norm or an activation (``qkv(norm1(x))``, ``fc2(act(h))``) keeps the function's
+input, not a copy of its output, and computes exactly what the plain composition computes, in forward and in every
+gradient."""
 import pytest
 import torch
 from torch import nn
 
-from opentad_lora.models.layers.mlp import Mlp
-from opentad_lora.peft import apply_lora, linear_after_activation
+from opentad_lora.models.layers import Mlp, TransformerBlock
+from opentad_lora.peft import apply_lora, linear_after
 from opentad_lora.peft import functional as LF
 
-ACTIVATIONS = [nn.GELU(), nn.GELU(approximate='tanh'), nn.SiLU(), nn.ReLU()]
+def _frozen_norm():
+    torch.manual_seed(1)
+    norm = nn.LayerNorm(32, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    return norm.requires_grad_(False)
+
+
+INPUT_FNS = [nn.GELU(), nn.GELU(approximate='tanh'), nn.SiLU(), nn.ReLU(), _frozen_norm(),
+             nn.LayerNorm(32, elementwise_affine=False)]
 
 
 def _layer(bits=None, dropout=0.0):
@@ -24,7 +35,7 @@ def _grads(out, tensors):
     return torch.autograd.grad((out.float() ** 2).sum(), tensors)
 
 
-@pytest.mark.parametrize('act', ACTIVATIONS, ids=lambda a: f'{type(a).__name__}{getattr(a, "approximate", "")}')
+@pytest.mark.parametrize('act', INPUT_FNS, ids=lambda a: f'{type(a).__name__}{getattr(a, "approximate", "")}')
 @pytest.mark.parametrize('dropout', [0.0, 0.3])
 @pytest.mark.parametrize('bits', [None, 4])
 def test_input_fn_equals_the_reference_on_the_activation_output(act, dropout, bits, monkeypatch):
@@ -44,7 +55,10 @@ def test_input_fn_equals_the_reference_on_the_activation_output(act, dropout, bi
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_input_fn_under_autocast_equals_applying_the_activation_first(monkeypatch):
+@pytest.mark.parametrize('fn, input_dtype', [(nn.GELU(), torch.bfloat16), (_frozen_norm(), torch.float32),
+                                              (_frozen_norm(), torch.bfloat16)])
+def test_input_fn_under_autocast_equals_applying_it_first(fn, input_dtype, monkeypatch):
+    """GELU runs in its input's dtype, LayerNorm in float32 under autocast: recomputed in backward the same way."""
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)
     layer = _layer()
     h = torch.randn(40, 32, requires_grad=True)
@@ -52,11 +66,12 @@ def test_input_fn_under_autocast_equals_applying_the_activation_first(monkeypatc
     results = []
     for fuse in (True, False):
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            hidden = h.to(torch.bfloat16)  # an fc1 output under autocast
-            out = layer(hidden, input_fn=nn.GELU()) if fuse else layer(nn.GELU()(hidden))
+            x = h.to(input_dtype)  # e.g. an fc1 output (bf16) or a float32 residual stream
+            out = layer(x, input_fn=fn) if fuse else layer(fn(x))
         results.append((out, *_grads(out, params)))
-    for got, want in zip(*results):  # the same bf16 operations in the same order
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert results[0][0].dtype == torch.bfloat16
+    for got, want in zip(*results):  # the same operations in the same dtypes (up to one bf16 rounding)
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-5)
 
 
 def _saved_bytes(fn) -> int:
@@ -98,12 +113,31 @@ def test_lora_mlp_keeps_no_copy_of_the_hidden_activation(dropout, monkeypatch):
     torch.testing.assert_close(out, both.fc2(both.act(both.fc1(x))), rtol=1e-5, atol=1e-5)
 
 
-def test_other_activations_are_applied_first_and_refused_as_input_fn():
+def test_lora_block_keeps_no_copy_of_its_linears_inputs(monkeypatch):
+    """LoRA on qkv/fc1/fc2 of a pre-norm block adds only rank-r products to what the block without LoRA keeps."""
+    monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)
+    x = torch.randn(2, 256, 32, requires_grad=True)
+
+    def block(targets):
+        torch.manual_seed(0)
+        model = TransformerBlock(32, 2).requires_grad_(False)  # frozen, as under LoRA
+        if targets:
+            apply_lora(model, dict(r=4, targets=targets, dropout=0.1))
+        return model.train()
+
+    base = _saved_bytes(lambda: block([])(x))
+    lora = _saved_bytes(lambda: block(['qkv', 'fc1', 'fc2'])(x))
+    rank_r = 512 * 4 * 4 * 3 + 4 * 4 * (32 + 96 + 32 + 128 + 128 + 32) + 3 * 8 * 1024  # products, A/sB, generator
+    assert lora - base <= rank_r < 512 * 32 * 4  # less than one copy of one norm output
+
+
+def test_other_functions_are_applied_first_and_refused_as_input_fn():
     layer = _layer()
     h = torch.randn(3, 32)
-    torch.testing.assert_close(linear_after_activation(layer, nn.Tanh(), h), layer(torch.tanh(h)))
-    torch.testing.assert_close(linear_after_activation(nn.Identity(), nn.GELU(), h), nn.GELU()(h))
-    with pytest.raises(TypeError, match='GELU/SiLU/ReLU'):
-        layer(h, input_fn=nn.Tanh())
-    with pytest.raises(TypeError, match='GELU/SiLU/ReLU'):
-        layer(h, input_fn=nn.ReLU(inplace=True))
+    trainable_norm = nn.LayerNorm(32)
+    torch.testing.assert_close(linear_after(layer, nn.Tanh(), h), layer(torch.tanh(h)))
+    torch.testing.assert_close(linear_after(layer, trainable_norm, h), layer(trainable_norm(h)))
+    torch.testing.assert_close(linear_after(nn.Identity(), nn.GELU(), h), nn.GELU()(h))
+    for fn in (nn.Tanh(), nn.ReLU(inplace=True), trainable_norm):
+        with pytest.raises(TypeError, match='GELU/SiLU/ReLU'):
+            layer(h, input_fn=fn)
