@@ -1,9 +1,16 @@
 """Shared pytest fixtures: every test starts seeded and with MMEngine's global singletons cleared."""
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
+
+# Triton kernels (the LoRA dropout kernels) run on CPU through Triton's interpreter. Triton decides whether to
+# interpret when its own functions are decorated, at its import: set before anything imports it. Only the tests that
+# ask for the kernels (OPENTAD_LORA_DROPOUT_KERNEL=interpret) send CPU tensors to them.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 
 @pytest.fixture(autouse=True)

@@ -27,13 +27,14 @@ function as ``input_fn`` (:mod:`.input_fn`): it then keeps the function's input,
 instead of its own copy of the output, and applies the function again in backward.
 """
 import weakref
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .input_fn import apply_input_fn, input_fn_backward
+from .lora_dropout import dropout_forward, dropout_grad_a, dropout_grad_x
 
 
 def lora_delta(x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, dropout_p: float = 0.0,
@@ -85,32 +86,6 @@ class _CastCache:
 _cast_once = _CastCache()
 
 
-def _rng_state(device: torch.device) -> Optional[Tensor]:
-    """The state dropout draws from on ``device``; None where it cannot be restored (then the mask is kept)."""
-    if device.type == 'cuda':
-        return torch.cuda.get_rng_state(device)
-    if device.type == 'cpu':
-        return torch.get_rng_state()
-    return None
-
-
-def _set_rng_state(state: Tensor, device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
-
-
-def _redraw_dropout(source: Tensor, dropout_p: float, state: Tensor) -> Tuple[Tensor, Tensor]:
-    """``native_dropout(source)`` drawn again from forward's generator ``state``; the generator itself is untouched."""
-    current = _rng_state(source.device)
-    _set_rng_state(state, source.device)
-    try:
-        return torch.ops.aten.native_dropout(source, dropout_p, True)
-    finally:
-        _set_rng_state(current, source.device)
-
-
 class FusedLoRALinear(torch.autograd.Function):
     """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward.
 
@@ -118,8 +93,8 @@ class FusedLoRALinear(torch.autograd.Function):
     dequantized weight is made again in backward (as bitsandbytes does) unless ``keep_dequantized``.
 
     Saved for backward: the compute-dtype input (the caller's own tensor when no cast is needed, one shared cast copy
-    otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout the generator state instead of the mask and the
-    dropped-out copy: backward draws the same mask again, so dropout costs no activation memory. With ``input_fn``
+    otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout a seed or generator state instead of the mask
+    and the dropped-out copy (:mod:`.lora_dropout`): dropout costs no activation memory. With ``input_fn``
     (see :func:`.input_fn.is_recomputable`) the layer computes on ``input_fn(x)`` but saves ``x``.
     """
 
@@ -140,21 +115,18 @@ class FusedLoRALinear(torch.autograd.Function):
         autocast = torch.is_autocast_enabled(x.device.type)
         source = _cast_once(x, dtype) if input_fn is None else apply_input_fn(input_fn, x, autocast)[0].to(dtype)
         x2d = source.reshape(-1, in_features)
-        lora_in, mask, rng_state = x2d, None, None
+        dropout_way, dropout_saved = None, None
         if dropout_p > 0.0 and training:
-            rng_state = _rng_state(x.device)
-            lora_in, mask = torch.ops.aten.native_dropout(source, dropout_p, True)
-            lora_in = lora_in.reshape(x2d.shape)
-            if rng_state is not None:
-                mask = None  # drawn again in backward
-        xa = lora_in @ a_c.t()  # (N, r): the only extra activation LoRA keeps
+            xa, dropout_way, dropout_saved = dropout_forward(source, a_c, dropout_p)
+        else:
+            xa = x2d @ a_c.t()  # (N, r): the only extra activation LoRA keeps
         if base_weight.shape[0] >= 2 * in_features:  # the output is the widest tensor: [x | xa] @ [W | sB].T
             out = F.linear(torch.cat([x2d, xa], dim=1), torch.cat([base_weight, b_c], dim=1), bias_c)
         else:
             out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
         kept_weight = base_weight if dequantize is None or keep_dequantized else None
-        ctx.save_for_backward(source if input_fn is None else x, xa, mask, rng_state, kept_weight, a_c, b_c)
-        ctx.dequantize, ctx.input_fn = dequantize, input_fn
+        ctx.save_for_backward(source if input_fn is None else x, xa, dropout_saved, kept_weight, a_c, b_c)
+        ctx.dequantize, ctx.input_fn, ctx.dropout_way = dequantize, input_fn, dropout_way
         ctx.meta = (scaling, dtype, dropout_p if training else 0.0, x.shape, x.dtype, autocast,  # one attribute
                     weight.dtype if weight is not None else None, bias.dtype if bias is not None else None,
                     lora_a.dtype, lora_b.dtype)
@@ -162,7 +134,7 @@ class FusedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        saved_input, xa, mask, rng_state, base_weight, a_c, b_c = ctx.saved_tensors
+        saved_input, xa, dropout_saved, base_weight, a_c, b_c = ctx.saved_tensors
         scaling, dtype, dropout_p, x_shape, x_dtype, autocast, weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.meta
         input_fn, source, fn_aux = ctx.input_fn, saved_input, None
         if input_fn is not None:  # forward's input_fn(x), again
@@ -176,28 +148,23 @@ class FusedLoRALinear(torch.autograd.Function):
         dy = grad_out.reshape(-1, out_features).to(dtype)
         g = dy @ b_c  # (N, r) = dy @ (s B), shared by dx and dA
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
-        # The (N, K) temporaries come one at a time, each freed before the next: this backward runs first in a
-        # checkpointed block, while everything the block saved is still alive (the step's peak).
-        dropped = rng_state is not None or mask is not None
-        if dropped and rng_state is not None:
-            lora_in, mask = _redraw_dropout(source, dropout_p, rng_state)
-        elif dropped:
-            lora_in = source * mask * (1.0 / (1.0 - dropout_p))
-        else:
-            lora_in = source
-        if need_a:
-            grad_a = (g.t() @ lora_in.reshape(x2d.shape)).to(a_dtype)
+        way, mask = ctx.dropout_way, None
+        if way is not None:
+            grad_a, mask = dropout_grad_a(way, dropout_saved, source, g, dropout_p, need_a)
+        elif need_a:
+            grad_a = g.t() @ x2d
         if need_w:  # a trainable base never meets dropout here (see can_fuse)
             grad_w = (dy.t() @ x2d).to(weight_dtype)
-        del lora_in, source, x2d  # frees input_fn's recomputed output before dx is made
-        if need_x and dropped:
-            grad_x = ((g * (1.0 / (1.0 - dropout_p))) @ a_c).mul_(mask.reshape(-1, a_c.shape[1]))
-            del mask
-            grad_x = grad_x.addmm_(dy, base_weight)
+        del source, x2d  # frees input_fn's recomputed output before dx is made
+        if need_x and way is not None:
+            grad_x = dropout_grad_x(way, dropout_saved, mask, g, a_c, dy, base_weight, dropout_p)
         elif need_x and base_weight.shape[1] >= 2 * out_features:  # [dy | g] @ [W ; A]
             grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, a_c], dim=0)
         elif need_x:
             grad_x = (g @ a_c).addmm_(dy, base_weight)
+        del mask
+        if grad_a is not None:
+            grad_a = grad_a.to(a_dtype)
         if grad_x is not None:
             grad_x = grad_x.reshape(x_shape)
             if input_fn is not None:
