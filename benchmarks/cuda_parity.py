@@ -1,9 +1,12 @@
 """On a GPU: the fused LoRA/QLoRA paths against the reference path, forward and every gradient.
 
 Prints one JSON line per case with the relative error ||fused - ref|| / ||ref|| of the output and of the gradients
-of x, A and B (the CPU tests check the same on CPU; this records what the GPU kernels give).
+of x, A and B (the CPU tests check the same on CPU; this records what the GPU kernels give). Dropout cases draw
+torch's mask (``OPENTAD_LORA_DROPOUT_KERNEL=torch``, the reference's stream); the ``kernel`` cases compare the
+Triton dropout kernels with the reference maths on the kernels' own mask.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +45,38 @@ def run_case(bits, autocast: bool, dropout: float, features=(1024, 4096)) -> dic
                 grad_B=rel(grads[0][2], grads[1][2]))
 
 
+def run_kernel_case(autocast: bool, features=(1024, 4096), rows: int = 1576, p: float = 0.1) -> dict:
+    """The fused function with the Triton dropout kernels vs plain torch maths on :func:`keep_mask`'s mask."""
+    from opentad_lora.peft.dropout_kernels import keep_mask
+    torch.manual_seed(0)
+    fan_in, fan_out = features
+    x = torch.randn(rows, fan_in, device='cuda', requires_grad=True)
+    weight, bias = torch.randn(fan_out, fan_in, device='cuda') / fan_in ** 0.5, torch.randn(fan_out, device='cuda')
+    lora_a = (torch.randn(16, fan_in, device='cuda') / fan_in ** 0.5).requires_grad_()
+    lora_b = (torch.randn(fan_out, 16, device='cuda') * 0.02).requires_grad_()
+    dtype = torch.bfloat16 if autocast else torch.float32
+    torch.manual_seed(1)
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
+        out = LF.lora_linear(x, weight, bias, lora_a, lora_b, 2.0, p, True)
+    torch.manual_seed(1)  # the seed the layer drew
+    mask = keep_mask(torch.randint(0, 2 ** 31 - 1, (1,), device='cuda', dtype=torch.int64), (rows, fan_in), p,
+                     x.device)
+    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
+        dropped = x.to(dtype) * mask / (1 - p)
+        ref = torch.nn.functional.linear(x, weight, bias) + dropped @ lora_a.to(dtype).t() @ lora_b.to(dtype).t() * 2.0
+    params = (x, lora_a, lora_b)
+    got = torch.autograd.grad(out.float().square().mean(), params)
+    want = torch.autograd.grad(ref.float().square().mean(), params)
+    return dict(path='kernel', way=out.grad_fn.dropout_way, autocast=autocast, dropout=p, features=features,
+                keep=round(mask.float().mean().item(), 4), out=rel(out, ref), grad_x=rel(got[0], want[0]),
+                grad_A=rel(got[1], want[1]), grad_B=rel(got[2], want[2]))
+
+
 if __name__ == '__main__':
+    for features in ((1024, 4096), (4096, 1024)):
+        for autocast in (False, True):
+            print(json.dumps(run_kernel_case(autocast, features)), flush=True)
+    os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = 'torch'  # below: the reference's own mask
     plain_max_rows = LF.PLAIN_MAX_ROWS
     for max_rows, path in ((0, 'fused'), (plain_max_rows, 'plain')):  # the cases below have 1576 rows
         LF.PLAIN_MAX_ROWS = max_rows

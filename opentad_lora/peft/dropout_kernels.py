@@ -9,10 +9,11 @@ step (benchmarks/RESULTS.md). These kernels compute the three products that need
   results only;
 * ``dx += mask * (g @ A) / (1 - p)`` adds the low-rank part of the input gradient in place, tile by tile.
 
-Element ``(n, k)`` of a 2-D input is kept when ``tl.rand(seed, n * K + k) > p`` (Philox, keyed by a seed drawn from
-torch's generator on the input's device, so activation checkpointing, which restores that generator, recomputes the
-same mask). The mask has the same distribution as ``torch.nn.functional.dropout``'s but other numbers; the CPU path
-keeps torch's dropout (PEFT's numbers). Tests run these kernels on CPU through Triton's interpreter
+The mask is Philox (``tl.randint4x``) keyed by a seed drawn from torch's generator on the input's device, so
+activation checkpointing, which restores that generator, recomputes the same mask; each call gives eight 16-bit
+draws (element kept when its draw >= ``round(p * 2**16)``: ``p`` is rounded to a multiple of 2**-16). The mask has
+the distribution of ``torch.nn.functional.dropout``'s but other numbers; the CPU path keeps torch's dropout (PEFT's
+numbers). Tests run these kernels on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``) against plain torch maths on :func:`keep_mask`.
 """
 import torch
@@ -24,62 +25,83 @@ from torch import Tensor
 # imported: :mod:`.functional` imports it only where it applies (:func:`.functional.fused_dropout_applies`).
 
 
-@triton.jit
-def _keep(seed, rows, cols, K, p):
-    return tl.rand(seed, rows[:, None] * K + cols[None, :]) > p
+TILE_K = 64  # every kernel walks the input's columns in tiles of 64, the unit in which the mask is defined
 
 
 @triton.jit
-def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, R, p, scale,
-               RP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _halves(word):
+    bits = word.to(tl.uint32, bitcast=True)
+    return tl.join(bits & 0xFFFF, bits >> 16)
+
+
+@triton.jit
+def _keep(seed, rows, k0, KG, threshold, BLOCK_N: tl.constexpr):
+    """Keep-mask of the (BLOCK_N, 64) tile at columns k0..k0+63: one Philox call per 8 elements (four 32-bit words,
+    two 16-bit halves each; torch's dropout also draws four values per call), kept when the half >= threshold."""
+    w0, w1, w2, w3 = tl.randint4x(seed, rows[:, None] * KG + (k0 // 8 + tl.arange(0, 8))[None, :])
+    tile = tl.join(tl.join(_halves(w0), _halves(w1)), tl.join(_halves(w2), _halves(w3)))  # (BLOCK_N, 8, 2, 2, 2)
+    return tl.reshape(tile, (BLOCK_N, 64)) >= threshold
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:  # float32 inputs: full precision, as torch's matmul by default (not TF32)
+        return tl.dot(a, b, input_precision='ieee')
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, KG, R, threshold, scale,
+               RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ranks = tl.arange(0, RP)
     seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_N, RP), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        inside = (rows[:, None] < N) & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=inside, other=0.0)
-        x = tl.where(_keep(seed, rows, cols, K, p), x, 0.0)
+    for k0 in range(0, K, 64):
+        cols = k0 + tl.arange(0, 64)
+        x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < K),
+                    other=0.0)
+        x = tl.where(_keep(seed, rows, k0, KG, threshold, BLOCK_N), x, 0.0)
         a = tl.load(a_ptr + ranks[None, :] * K + cols[:, None], mask=(cols[:, None] < K) & (ranks[None, :] < R),
-                    other=0.0)  # A.T tile (BLOCK_K, RP)
-        acc += tl.dot(x, a)
+                    other=0.0)  # A.T tile (64, RP)
+        acc += _dot(x, a, IEEE)
     out = (acc * scale).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows[:, None] * R + ranks[None, :], out, mask=(rows[:, None] < N) & (ranks[None, :] < R))
 
 
 @triton.jit
-def _grad_a_kernel(g_ptr, x_ptr, out_ptr, seed_ptr, N, K, R, p, scale, SPLIT,
-                   RP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+def _grad_a_kernel(g_ptr, x_ptr, out_ptr, seed_ptr, N, K, KG, R, threshold, scale, SPLIT,
+                   RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    k0 = tl.program_id(0) * 64
+    cols = k0 + tl.arange(0, 64)
     split = tl.program_id(1)
     ranks = tl.arange(0, RP)
     seed = tl.load(seed_ptr)
-    acc = tl.zeros((RP, BLOCK_K), dtype=tl.float32)
+    acc = tl.zeros((RP, 64), dtype=tl.float32)
     for n0 in range(split * BLOCK_N, N, SPLIT * BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
-        inside = (rows[:, None] < N) & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=inside, other=0.0)
-        x = tl.where(_keep(seed, rows, cols, K, p), x, 0.0)
+        x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < K),
+                    other=0.0)
+        x = tl.where(_keep(seed, rows, k0, KG, threshold, BLOCK_N), x, 0.0)
         g_t = tl.load(g_ptr + rows[None, :] * R + ranks[:, None], mask=(rows[None, :] < N) & (ranks[:, None] < R),
                       other=0.0)  # g.T tile (RP, BLOCK_N)
-        acc += tl.dot(g_t, x)
-    tl.store(out_ptr + split * RP * K + ranks[:, None] * K + cols[None, :], acc * scale,
-             mask=cols[None, :] < K)
+        acc += _dot(g_t, x, IEEE)
+    tl.store(out_ptr + split * RP * K + ranks[:, None] * K + cols[None, :], acc * scale, mask=cols[None, :] < K)
 
 
 @triton.jit
-def _add_grad_x_kernel(dx_ptr, g_ptr, a_ptr, seed_ptr, N, K, R, p, scale,
-                       RP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _add_grad_x_kernel(dx_ptr, g_ptr, a_ptr, seed_ptr, N, K, KG, R, threshold, scale,
+                       RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k0 = tl.program_id(1) * 64
+    cols = k0 + tl.arange(0, 64)
     ranks = tl.arange(0, RP)
-    seed = tl.load(seed_ptr)
     g = tl.load(g_ptr + rows[:, None] * R + ranks[None, :], mask=(rows[:, None] < N) & (ranks[None, :] < R),
                 other=0.0)
     a = tl.load(a_ptr + ranks[:, None] * K + cols[None, :], mask=(ranks[:, None] < R) & (cols[None, :] < K),
                 other=0.0)
-    low_rank = tl.where(_keep(seed, rows, cols, K, p), tl.dot(g, a) * scale, 0.0)
+    keep = _keep(tl.load(seed_ptr), rows, k0, KG, threshold, BLOCK_N)
+    low_rank = tl.where(keep, _dot(g, a, IEEE) * scale, 0.0)
     inside = (rows[:, None] < N) & (cols[None, :] < K)
     offsets = rows[:, None] * K + cols[None, :]
     dx = tl.load(dx_ptr + offsets, mask=inside, other=0.0)
@@ -87,10 +109,11 @@ def _add_grad_x_kernel(dx_ptr, g_ptr, a_ptr, seed_ptr, N, K, R, p, scale,
 
 
 @triton.jit
-def _mask_kernel(out_ptr, seed_ptr, N, K, p, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mask_kernel(out_ptr, seed_ptr, N, K, KG, threshold, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    keep = _keep(tl.load(seed_ptr), rows, cols, K, p)
+    k0 = tl.program_id(1) * 64
+    cols = k0 + tl.arange(0, 64)
+    keep = _keep(tl.load(seed_ptr), rows, k0, KG, threshold, BLOCK_N)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], keep.to(tl.int8),
              mask=(rows[:, None] < N) & (cols[None, :] < K))
 
@@ -99,14 +122,19 @@ def _padded_rank(rank: int) -> int:
     return max(16, 1 << (rank - 1).bit_length())  # tl.dot wants power-of-two tiles of at least 16
 
 
+def _launch_args(width: int, p: float) -> tuple:
+    """Words per row of the mask, the 16-bit keep threshold (p is rounded to a multiple of 2**-16) and the scale."""
+    return triton.cdiv(width, 8), round(p * 65536), 1.0 / (1.0 - p)
+
+
 def dropout_xa(x2d: Tensor, lora_a: Tensor, seed: Tensor, p: float) -> Tensor:
     """``dropout(x) @ A.T`` for a contiguous ``(N, K)`` ``x`` and ``A`` of shape ``(r, K)``, in ``x``'s dtype."""
     n, width = x2d.shape
     rank = lora_a.shape[0]
     out = torch.empty(n, rank, device=x2d.device, dtype=x2d.dtype)
-    block_n = 64
-    _xa_kernel[(triton.cdiv(n, block_n),)](x2d, lora_a.contiguous(), out, seed, n, width, rank, p,
-                                           1.0 / (1.0 - p), RP=_padded_rank(rank), BLOCK_N=block_n, BLOCK_K=64)
+    words, threshold, scale = _launch_args(width, p)
+    _xa_kernel[(triton.cdiv(n, 64),)](x2d, lora_a.contiguous(), out, seed, n, width, words, rank, threshold, scale,
+                                      RP=_padded_rank(rank), BLOCK_N=64, IEEE=x2d.dtype == torch.float32)
     return out
 
 
@@ -114,12 +142,12 @@ def dropout_grad_a(g: Tensor, x2d: Tensor, seed: Tensor, p: float) -> Tensor:
     """``g.T @ dropout(x)`` (float32, ``(r, K)``) with the mask of :func:`dropout_xa` for the same ``seed``."""
     n, width = x2d.shape
     rank = g.shape[1]
-    block_n, block_k = 64, 64
-    col_blocks = triton.cdiv(width, block_k)
-    split = max(1, min(triton.cdiv(n, block_n), triton.cdiv(1024, col_blocks)))  # enough programs to fill the GPU
+    words, threshold, scale = _launch_args(width, p)
+    col_tiles = triton.cdiv(width, TILE_K)
+    split = max(1, min(triton.cdiv(n, 64), triton.cdiv(2048, col_tiles)))  # enough programs to fill the GPU
     partial = torch.empty(split, _padded_rank(rank), width, device=x2d.device, dtype=torch.float32)
-    _grad_a_kernel[(col_blocks, split)](g.contiguous(), x2d, partial, seed, n, width, rank, p, 1.0 / (1.0 - p),
-                                        split, RP=_padded_rank(rank), BLOCK_N=block_n, BLOCK_K=block_k)
+    _grad_a_kernel[(col_tiles, split)](g.contiguous(), x2d, partial, seed, n, width, words, rank, threshold, scale,
+                                       split, RP=_padded_rank(rank), BLOCK_N=64, IEEE=x2d.dtype == torch.float32)
     return partial.sum(0)[:rank]
 
 
@@ -127,16 +155,17 @@ def add_dropout_grad_x(grad_x: Tensor, g: Tensor, lora_a: Tensor, seed: Tensor, 
     """``grad_x += (dropout mask) * (g @ A) / (1 - p)`` in place, for a contiguous ``(N, K)`` ``grad_x``."""
     n, width = grad_x.shape
     rank = g.shape[1]
-    block_n, block_k = 64, 64
-    _add_grad_x_kernel[(triton.cdiv(n, block_n), triton.cdiv(width, block_k))](
-        grad_x, g.contiguous(), lora_a.contiguous(), seed, n, width, rank, p, 1.0 / (1.0 - p),
-        RP=_padded_rank(rank), BLOCK_N=block_n, BLOCK_K=block_k)
+    words, threshold, scale = _launch_args(width, p)
+    _add_grad_x_kernel[(triton.cdiv(n, 64), triton.cdiv(width, TILE_K))](
+        grad_x, g.contiguous(), lora_a.contiguous(), seed, n, width, words, rank, threshold, scale,
+        RP=_padded_rank(rank), BLOCK_N=64, IEEE=grad_x.dtype == torch.float32)
     return grad_x
 
 
 def keep_mask(seed: Tensor, shape: tuple, p: float, device: torch.device) -> Tensor:
     """The boolean keep-mask the kernels use for a ``(N, K)`` input and ``seed`` (for tests and parity checks)."""
     n, width = shape
+    words, threshold, _ = _launch_args(width, p)
     out = torch.empty(n, width, device=device, dtype=torch.int8)
-    _mask_kernel[(triton.cdiv(n, 64), triton.cdiv(width, 64))](out, seed, n, width, p, BLOCK_N=64, BLOCK_K=64)
+    _mask_kernel[(triton.cdiv(n, 64), triton.cdiv(width, TILE_K))](out, seed, n, width, words, threshold, BLOCK_N=64)
     return out.bool()
