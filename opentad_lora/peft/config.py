@@ -46,6 +46,12 @@ class LoRAConfig:
             every quantized weight held through the step (what QLoRA is meant to avoid). Off by default. Calls with
             fewer than ``functional.PLAIN_MAX_ROWS`` rows and no dropout take the plain path, which always
             dequantizes again.
+        recompute_inputs: Where model code hands a LoRA linear the norm or activation before it
+            (:func:`~opentad_lora.peft.linear_after`: ``qkv``/``fc1`` after the block's LayerNorm, ``fc2`` after GELU
+            in our ViT blocks), the layer applies it itself and keeps its input instead of a copy of its output,
+            applying it again in backward. On by default: on AdaTAD ViT-B (768 frames, checkpointing) it cuts LoRA's
+            peak memory from 1.07x to 1.03x the adapter baseline for about 4 % more step time
+            (benchmarks/RESULTS.md).
         rank_pattern: ``{pattern: r}`` overrides; the first matching pattern wins.
         alpha_pattern: ``{pattern: alpha}`` overrides; the first matching pattern wins.
         modules_to_save: Patterns of modules trained in full and saved with the adapter (e.g. a new head).
@@ -65,6 +71,7 @@ class LoRAConfig:
     compute_dtype: Union[None, str, torch.dtype] = None
     quant_storage: Union[None, str, torch.dtype] = None
     keep_dequantized: bool = False
+    recompute_inputs: bool = True
     rank_pattern: Dict[str, int] = field(default_factory=dict)
     alpha_pattern: Dict[str, float] = field(default_factory=dict)
     modules_to_save: List[str] = field(default_factory=list)

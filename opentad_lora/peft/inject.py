@@ -191,6 +191,7 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
         module.update_layer(adapter_name, rank, alpha, cfg.dropout, cfg.use_rslora, cfg.init)
         if isinstance(module, LoRALinear):
             module.keep_dequantized = cfg.keep_dequantized
+            module.recompute_input = cfg.recompute_inputs
         report.wrapped[name] = dict(type=type(module.base_layer).__name__, r=rank, alpha=alpha,
                                     quantize_bits=cfg.quantize_bits if is_quantized(module.base_layer) else None)
     for param in model.parameters():

@@ -172,6 +172,7 @@ class LoRALinear(LoRALayer):
         self.out_features = base_layer.out_features
         self.fused = fused  # False forces the reference autograd path (for comparisons)
         self.keep_dequantized = False  # see LoRAConfig.keep_dequantized
+        self.recompute_input = True  # see LoRAConfig.recompute_inputs (read by linear_after)
 
     def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
         return nn.Linear(self.in_features, r, bias=False), nn.Linear(r, self.out_features, bias=False)
@@ -255,7 +256,7 @@ def linear_after(linear: nn.Module, fn: Optional[nn.Module], x: Tensor) -> Tenso
     """
     if fn is None:
         return linear(x)
-    if isinstance(linear, LoRALinear) and is_recomputable(fn):
+    if isinstance(linear, LoRALinear) and linear.recompute_input and is_recomputable(fn):
         return linear(x, input_fn=fn)
     return linear(fn(x))
 

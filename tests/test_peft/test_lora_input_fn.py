@@ -118,17 +118,25 @@ def test_lora_block_keeps_no_copy_of_its_linears_inputs(monkeypatch):
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)
     x = torch.randn(2, 256, 32, requires_grad=True)
 
-    def block(targets):
+    def block(targets, recompute=True):
         torch.manual_seed(0)
         model = TransformerBlock(32, 2).requires_grad_(False)  # frozen, as under LoRA
         if targets:
-            apply_lora(model, dict(r=4, targets=targets, dropout=0.1))
+            apply_lora(model, dict(r=4, targets=targets, dropout=0.1, recompute_inputs=recompute))
         return model.train()
 
     base = _saved_bytes(lambda: block([])(x))
     lora = _saved_bytes(lambda: block(['qkv', 'fc1', 'fc2'])(x))
     rank_r = 512 * 4 * 4 * 3 + 4 * 4 * (32 + 96 + 32 + 128 + 128 + 32) + 3 * 8 * 1024  # products, A/sB, generator
     assert lora - base <= rank_r < 512 * 32 * 4  # less than one copy of one norm output
+    # the config switch off: each layer keeps its own input (two norm outputs and the GELU output), same numbers
+    kept = _saved_bytes(lambda: block(['qkv', 'fc1', 'fc2'], recompute=False)(x))
+    assert kept - lora >= 512 * (32 + 32 + 128) * 4
+    outs = []
+    for recompute in (True, False):
+        torch.manual_seed(4)
+        outs.append(block(['qkv', 'fc1', 'fc2'], recompute)(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
 def test_other_functions_are_applied_first_and_refused_as_input_fn():
