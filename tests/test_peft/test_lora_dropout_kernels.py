@@ -90,3 +90,10 @@ def test_torch_dropout_is_kept_on_request(kernels, monkeypatch):
     torch.testing.assert_close(out, LF.lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling=1.0,
                                                              dropout_p=0.5, training=True))
     assert not lora_dropout.kernel_applies(x.reshape(-1, 32), 4)
+
+
+def test_compiled_steps_leave_dropout_to_inductor(kernels, monkeypatch):
+    x2d = torch.randn(64, 32)
+    assert lora_dropout.kernel_applies(x2d, 4)
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert not lora_dropout.kernel_applies(x2d, 4)
