@@ -59,11 +59,13 @@ def federation(tmp_path_factory):
         'train_dataset.data_root': data / 'train', 'test_dataset.data_root': data / 'val',
         'federated.num_clients': 2, 'federated.num_rounds': 2, 'federated.round_timeout': 300}.items()]
     with LocalFederation(root / 'processes', root / 'certs') as fed:
+        fed.start_warm_apps()
         fed.start_superlink()
         for name, (node, node_config) in PARTITIONS.items():
             fed.register(node)
             fed.add_supernode(name, node, node_config)
         fed.add_supernode('intruder', 2, 'partition-id=0 num-partitions=2')  # key 2 was never registered
+        fed.wait_for('warm', 'warm: ready', timeout=300)
         fed.options = options + [f'model.class_names={names}']
         fed.root_dir = root
         yield fed
