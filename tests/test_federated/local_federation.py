@@ -43,6 +43,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_env(home: Path, *path_first: Path) -> Dict[str, str]:
+    """The environment of a Flower process here: its own Flower home, this repository importable, one torch thread,
+    no telemetry, ``path_first`` then this Python's commands first on ``PATH``."""
+    path = os.pathsep.join([*map(str, path_first), str(BIN), os.environ.get('PATH', '')])
+    return dict(os.environ, FLWR_HOME=str(home), PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', PATH=path,
+                FLWR_TELEMETRY_ENABLED='0')
+
+
 class LocalFederation:
     """``with LocalFederation(root, certs) as fed: fed.add_supernode(...); fed.train([...])``.
 
@@ -65,10 +73,7 @@ class LocalFederation:
             f'root-certificates = "{self.certs / "ca.crt"}"\n')
 
     def env(self, home: Path) -> Dict[str, str]:
-        env = dict(os.environ, FLWR_HOME=str(home), PYTHONPATH=str(REPO), OMP_NUM_THREADS='1',
-                   PATH=os.pathsep.join([str(self.shims), str(BIN), os.environ.get('PATH', '')]))
-        env.pop('FLWR_TELEMETRY_ENABLED', None)
-        return dict(env, FLWR_TELEMETRY_ENABLED='0')
+        return process_env(home, self.shims)
 
     def _start(self, name: str, command: List[str]) -> subprocess.Popen:
         home = self.root / name
