@@ -5,9 +5,13 @@ One federation serves the module (its processes are killed at the end): two regi
 whose key was never registered, is refused while the run goes on. The results equal Flower's simulation engine for
 the same seeds and partitions; SecAgg+ equals the plain aggregate within its quantisation error; a run resumed from
 round 1 equals the uninterrupted one; a SuperNode killed mid-round does not stop the run.
+
+Time: the ClientApp/ServerApp processes fork from one warm process (local_federation.py, warm_apps.py), and the
+simulated runs (CPU-bound) go on in the background while the deployed ones mostly wait on Flower's polling.
 """
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -135,6 +139,35 @@ def test_two_authenticated_supernodes_train_with_tls_and_an_unregistered_one_is_
         assert 'SuperNode ID' in federation.log(name)
 
 
+def test_a_supernode_killed_mid_round_does_not_stop_the_run(federation, fedavg_run):
+    # Early in the module: its wait for the SuperLink to declare the killed SuperNode dead (heartbeats, ~1 min)
+    # overlaps the background simulations. Once the run ends that node is offline, so later runs see the two others.
+    federation.register(3)
+    federation.add_supernode('doomed', 3, 'partition-id=1 num-partitions=2')
+    federation.wait_for('doomed', 'SuperNode ID', timeout=120)
+    work = federation.root_dir / 'fault'
+    command = [sys.executable, str(REPO / 'tools' / 'federated_train.py'), CONFIG, '--work-dir', str(work),
+               '--cfg-options', *federation.options, 'federated.num_clients=3', 'federated.min_fit_clients=2',
+               'federated.min_available_clients=2', 'federated.round_timeout=300', '--superlink', 'loopback']
+    with subprocess.Popen(command, cwd=REPO, env=federation.env(federation.cli_home), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as run:
+        try:
+            federation.wait_for('doomed', 'Start `flwr-clientapp` process', timeout=300)
+            federation.kill('doomed')  # the SuperNode and its ClientApp die while training round 1
+            output, _ = run.communicate(timeout=600)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0, output[-4000:]
+    rows = history(work)
+    assert [row['round'] for row in rows] == [0, 1, 2]
+    assert (rows[1]['accepted'], rows[1]['failures']) == (2, 1)
+    assert rows[2]['accepted'] == 2 and rows[2]['loss'] < rows[0]['loss']
+    doomed = re.search(r'SuperNode ID: (\d+)', federation.log('doomed')).group(1)
+    listed = federation.flwr('supernode', 'list', 'loopback', '--format', 'json')
+    assert [n['status'] for n in json.loads(listed.stdout)['nodes'] if n['node-id'] == doomed] == ['offline']
+
+
 def assert_same_adapters(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray], atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -189,27 +222,3 @@ def test_a_run_resumed_from_round_1_equals_the_uninterrupted_run(federation, fed
     assert_same_adapters(adapter(resumed, 2), adapter(fedavg_run, 2), atol=0)
     for mine, theirs in zip(history(resumed), history(fedavg_run)):
         assert mine == theirs
-
-
-def test_a_supernode_killed_mid_round_does_not_stop_the_run(federation, fedavg_run):
-    federation.register(3)
-    federation.add_supernode('doomed', 3, 'partition-id=1 num-partitions=2')
-    federation.wait_for('doomed', 'SuperNode ID', timeout=120)
-    work = federation.root_dir / 'fault'
-    command = [sys.executable, str(REPO / 'tools' / 'federated_train.py'), CONFIG, '--work-dir', str(work),
-               '--cfg-options', *federation.options, 'federated.num_clients=3', 'federated.min_fit_clients=2',
-               'federated.min_available_clients=2', 'federated.round_timeout=300', '--superlink', 'loopback']
-    with subprocess.Popen(command, cwd=REPO, env=federation.env(federation.cli_home), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as run:
-        try:
-            federation.wait_for('doomed', 'Start `flwr-clientapp` process', timeout=300)
-            federation.kill('doomed')  # the SuperNode and its ClientApp die while training round 1
-            output, _ = run.communicate(timeout=600)
-        finally:
-            if run.poll() is None:
-                run.kill()
-    assert run.returncode == 0, output[-4000:]
-    rows = history(work)
-    assert [row['round'] for row in rows] == [0, 1, 2]
-    assert (rows[1]['accepted'], rows[1]['failures']) == (2, 1)
-    assert rows[2]['accepted'] == 2 and rows[2]['loss'] < rows[0]['loss']
