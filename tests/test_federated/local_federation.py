@@ -1,14 +1,19 @@
 """A Flower deployment on this machine for the tests: a SuperLink and SuperNodes as separate processes, started with
 Flower's own commands on 127.0.0.1 only (free ports picked at random), TLS always on, SuperNode authentication on;
-every process is killed (its whole process group) when the ``with`` block ends, whatever happened."""
+every process is killed (its whole process group) when the ``with`` block ends, whatever happened. Their
+``flwr-clientapp`` and ``flwr-serverapp`` processes are forked from one warm process (``warm_apps.py``)."""
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from warm_apps import write_shims
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -38,6 +43,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_env(home: Path, *path_first: Path) -> Dict[str, str]:
+    """The environment of a Flower process here: its own Flower home, this repository importable, one torch thread,
+    no telemetry, ``path_first`` then this Python's commands first on ``PATH``."""
+    path = os.pathsep.join([*map(str, path_first), str(BIN), os.environ.get('PATH', '')])
+    return dict(os.environ, FLWR_HOME=str(home), PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', PATH=path,
+                FLWR_TELEMETRY_ENABLED='0')
+
+
 class LocalFederation:
     """``with LocalFederation(root, certs) as fed: fed.add_supernode(...); fed.train([...])``.
 
@@ -52,16 +65,15 @@ class LocalFederation:
         self.procs: Dict[str, subprocess.Popen] = {}
         self.cli_home = self.root / 'flwr_cli'
         self.cli_home.mkdir(parents=True, exist_ok=True)
+        self.socket_dir = Path(tempfile.mkdtemp(prefix='flwr_warm_'))  # short: a socket path has < 108 bytes
+        self.shims = write_shims(self.root / 'warm_bin', self.socket_dir / 'apps.sock')
         # The SuperLink connection `flwr` uses: TLS, verified with our CA.
         (self.cli_home / 'config.toml').write_text(
             f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "{HOST}:{self.port}"\n'
             f'root-certificates = "{self.certs / "ca.crt"}"\n')
 
     def env(self, home: Path) -> Dict[str, str]:
-        env = dict(os.environ, FLWR_HOME=str(home), PYTHONPATH=str(REPO), OMP_NUM_THREADS='1',
-                   PATH=f'{BIN}{os.pathsep}{os.environ.get("PATH", "")}')
-        env.pop('FLWR_TELEMETRY_ENABLED', None)
-        return dict(env, FLWR_TELEMETRY_ENABLED='0')
+        return process_env(home, self.shims)
 
     def _start(self, name: str, command: List[str]) -> subprocess.Popen:
         home = self.root / name
@@ -84,6 +96,12 @@ class LocalFederation:
             if time.monotonic() > deadline:
                 raise TimeoutError(f'{name}: no {text!r} within {timeout} s:\n{self.log(name)[-3000:]}')
             time.sleep(0.2)
+
+    def start_warm_apps(self) -> None:
+        """The warm process the ``flwr-clientapp``/``flwr-serverapp`` scripts fork from (ready when it logs
+        ``warm: ready``; until then the scripts start Flower's commands)."""
+        self._start('warm', [sys.executable, str(Path(__file__).with_name('warm_apps.py')),
+                             str(self.socket_dir / 'apps.sock')])
 
     def start_superlink(self, timeout: float = 60) -> None:
         self._start('superlink', [
@@ -137,3 +155,4 @@ class LocalFederation:
                 self.kill(name)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
