@@ -74,20 +74,8 @@ def test_input_fn_under_autocast_equals_applying_it_first(fn, input_dtype, monke
         torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-5)
 
 
-def _saved_bytes(fn) -> int:
-    storages = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize('dropout', [0.0, 0.1])
-def test_lora_mlp_keeps_no_copy_of_the_hidden_activation(dropout, monkeypatch):
+def test_lora_mlp_keeps_no_copy_of_the_hidden_activation(dropout, monkeypatch, saved_bytes):
     """LoRA on fc2 costs the rank-r product only: its input is the GELU output, and GELU already keeps its input."""
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)
     rows, hidden, rank = 512, 128, 4
@@ -100,9 +88,9 @@ def test_lora_mlp_keeps_no_copy_of_the_hidden_activation(dropout, monkeypatch):
         return model.train()
 
     fc1_only, both = mlp(['fc1']), mlp(['fc1', 'fc2'])
-    base = _saved_bytes(lambda: fc1_only(x))
-    fused = _saved_bytes(lambda: both(x))
-    unfused = _saved_bytes(lambda: both.fc2(both.act(both.fc1(x))))
+    base = saved_bytes(lambda: fc1_only(x))
+    fused = saved_bytes(lambda: both(x))
+    unfused = saved_bytes(lambda: both.fc2(both.act(both.fc1(x))))
     lora_params = 4 * rank * (hidden + 32)  # the compute-dtype A and s*B the function keeps
     assert fused - base <= rows * rank * 4 + lora_params + 8 * 1024  # + the rank-r product (+ generator state)
     assert unfused - fused >= rows * hidden * 4  # what applying GELU outside would keep
@@ -113,7 +101,7 @@ def test_lora_mlp_keeps_no_copy_of_the_hidden_activation(dropout, monkeypatch):
     torch.testing.assert_close(out, both.fc2(both.act(both.fc1(x))), rtol=1e-5, atol=1e-5)
 
 
-def test_lora_block_keeps_no_copy_of_its_linears_inputs(monkeypatch):
+def test_lora_block_keeps_no_copy_of_its_linears_inputs(monkeypatch, saved_bytes):
     """LoRA on qkv/fc1/fc2 of a pre-norm block adds only rank-r products to what the block without LoRA keeps."""
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)
     x = torch.randn(2, 256, 32, requires_grad=True)
@@ -125,12 +113,12 @@ def test_lora_block_keeps_no_copy_of_its_linears_inputs(monkeypatch):
             apply_lora(model, dict(r=4, targets=targets, dropout=0.1, recompute_inputs=recompute))
         return model.train()
 
-    base = _saved_bytes(lambda: block([])(x))
-    lora = _saved_bytes(lambda: block(['qkv', 'fc1', 'fc2'])(x))
+    base = saved_bytes(lambda: block([])(x))
+    lora = saved_bytes(lambda: block(['qkv', 'fc1', 'fc2'])(x))
     rank_r = 512 * 4 * 4 * 3 + 4 * 4 * (32 + 96 + 32 + 128 + 128 + 32) + 3 * 8 * 1024  # products, A/sB, generator
     assert lora - base <= rank_r < 512 * 32 * 4  # less than one copy of one norm output
     # the config switch off: each layer keeps its own input (two norm outputs and the GELU output), same numbers
-    kept = _saved_bytes(lambda: block(['qkv', 'fc1', 'fc2'], recompute=False)(x))
+    kept = saved_bytes(lambda: block(['qkv', 'fc1', 'fc2'], recompute=False)(x))
     assert kept - lora >= 512 * (32 + 32 + 128) * 4
     outs = []
     for recompute in (True, False):
