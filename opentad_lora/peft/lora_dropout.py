@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+_CHOICES = ('auto', 'torch', 'interpret')
 _KERNEL_MAX_ELEMENTS = 2 ** 31 - 1  # the kernels' Philox offsets are int32 element indices
 
 
@@ -33,6 +34,8 @@ def kernel_applies(x2d: Tensor, rank: int) -> bool:
     """Whether the Triton kernels serve this input: a CUDA tensor (or a CPU one with ``=interpret``), Triton
     installed, fewer than 2**31 elements, rank <= 128, not inside ``torch.compile``."""
     choice = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL', 'auto')
+    if choice not in _CHOICES:
+        raise ValueError(f'OPENTAD_LORA_DROPOUT_KERNEL={choice!r}: use one of {_CHOICES} (or leave it unset).')
     if choice == 'torch' or x2d.numel() > _KERNEL_MAX_ELEMENTS or rank > 128:
         return False
     if torch.compiler.is_compiling():  # compiled steps: inductor fuses torch's dropout itself
