@@ -70,18 +70,60 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
 
 
 def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The weight of a bitsandbytes layer in ``dtype`` (4-bit: the exact dequantization bitsandbytes computes)."""
-    bnb = require_bitsandbytes()
+    """The weight of a bitsandbytes layer in ``dtype``, bit for bit ``dequantize_4bit(...).to(dtype)`` (4-bit).
+
+    It runs in every QLoRA forward and backward, where eager steps are host-bound: each path issues as few ops as
+    its result allows (see :func:`_dequantize_4bit` and :func:`_dequantize_8bit`).
+    """
     bits = quantized_bits(layer)
     if bits == 4:
-        # FSDP (use_orig_params) replaces the Params4bit by a plain view; the layer keeps the quantization state.
-        quant_state = getattr(layer.weight, 'quant_state', None)
-        if quant_state is None:
-            quant_state = layer.quant_state
-        return bnb.functional.dequantize_4bit(layer.weight.data, quant_state).to(dtype)
+        return _dequantize_4bit(layer, dtype)
     if bits == 8:
-        return layer.weight.data.to(dtype) * (_int8_scales(layer).to(dtype) / 127.0).unsqueeze(1)
+        return _dequantize_8bit(layer, dtype)
     raise TypeError(f'{type(layer).__name__} is not a bitsandbytes quantized layer.')
+
+
+def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype) -> Tensor:
+    """``bnb.functional.dequantize_4bit(weight, quant_state).to(dtype)`` with one 4-bit op producing ``dtype``.
+
+    bitsandbytes' CPU and CUDA kernels compute each value as a float32 product and round it once to the output
+    dtype, so asking them for ``dtype`` equals the float32 result cast. A state of another dtype (a layer quantized
+    with a 16-bit ``compute_dtype``) is rounded to that dtype first, as before, unless ``dtype`` is that dtype.
+    The double-quant absmax is dequantized each call (its float32 copy would add 1/16 byte per weight).
+    """
+    weight = layer.weight  # FSDP (use_orig_params) replaces the Params4bit by a plain view; the layer keeps the state
+    state = getattr(weight, 'quant_state', None)
+    if state is None:
+        state = layer.quant_state
+    absmax = state.absmax
+    if state.nested:
+        nested = state.state2
+        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax, nested.absmax, nested.code,
+                                                                     nested.blocksize, torch.float32)
+        absmax += state.offset
+    out_dtype = dtype if state.dtype in (torch.float32, dtype) else state.dtype
+    out = torch.ops.bitsandbytes.dequantize_4bit.default(weight.data, absmax, state.blocksize, state.quant_type,
+                                                         state.shape, out_dtype)
+    return out if out_dtype == dtype else out.to(dtype)
+
+
+def _dequantize_8bit(layer: nn.Module, dtype: torch.dtype) -> Tensor:
+    """``int8 weight * scales / 127`` in ``dtype`` as one multiply by a cached ``(scales.to(dtype) / 127)`` column.
+
+    The int8 weight is promoted to ``dtype`` inside the multiply (exact: |w| <= 127), which then rounds the same
+    product as ``weight.to(dtype) * column``. The columns (one float per output row and dtype) are rebuilt when the
+    scales tensor is replaced or modified in place.
+    """
+    scales = _int8_scales(layer)
+    if scales.is_inference():  # no version counter to check a cached column against
+        return layer.weight.data * (scales.to(dtype) / 127.0).unsqueeze(1)
+    cache = layer.__dict__.get('_dequant_scale_columns')
+    if cache is None or cache[0] is not scales or cache[1] != scales._version:
+        cache = layer.__dict__['_dequant_scale_columns'] = (scales, scales._version, {})
+    column = cache[2].get(dtype)
+    if column is None:
+        column = cache[2][dtype] = (scales.to(dtype) / 127.0).unsqueeze(1)
+    return layer.weight.data * column
 
 
 class _DequantizingLinear(torch.autograd.Function):
