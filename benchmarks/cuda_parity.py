@@ -4,7 +4,9 @@ Prints one JSON line per case with the relative error ||fused - ref|| / ||ref|| 
 of x, A and B (the CPU tests check the same on CPU; this records what the GPU kernels give). Dropout cases draw
 torch's mask (``OPENTAD_LORA_DROPOUT_KERNEL=torch``, the reference's stream); the ``kernel`` cases compare the
 Triton dropout kernels with the reference maths on the kernels' own mask; the ``nf4`` cases count the values where
-the Triton NF4 dequantization differs from bitsandbytes' (must be 0: it is meant bit for bit).
+the Triton NF4 dequantization differs from bitsandbytes' (must be 0: it is meant bit for bit); the ``prologue``
+cases compare the gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of
+the same layer applying it again in memory (same dropout seed).
 """
 import json
 import os
@@ -89,7 +91,40 @@ def run_nf4_case(double_quant: bool, dtype: torch.dtype, features=(1024, 4096)) 
                 differing=int((got.view(bits) != want.view(bits)).sum()))
 
 
+def run_prologue_case(name: str, autocast: bool, p: float, features=(1024, 4096), rows: int = 1576) -> dict:
+    torch.manual_seed(0)
+    fn = torch.nn.LayerNorm(features[0]).cuda() if name == 'layernorm' else torch.nn.GELU()
+    for param in fn.parameters():
+        param.data.uniform_(0.5, 1.5).requires_grad_(False)
+    x = (torch.randn(rows, features[0], device='cuda') * 3 + 1).requires_grad_()
+    weight = torch.randn(features[1], features[0], device='cuda') / features[0] ** 0.5
+    lora_a = torch.randn(16, features[0], device='cuda', requires_grad=True)
+    lora_b = torch.randn(features[1], 16, device='cuda', requires_grad=True)
+
+    def grads():
+        torch.manual_seed(5)
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
+            out = LF.lora_linear(x, weight, None, lora_a, lora_b, 2.0, p, True, input_fn=fn)
+        return torch.autograd.grad(out.float().square().mean(), (x, lora_a, lora_b))
+
+    inside = grads()
+    prologue = LF.kernel_prologue
+    LF.kernel_prologue = lambda *args: None
+    try:
+        again = grads()
+    finally:
+        LF.kernel_prologue = prologue
+    return dict(path='prologue', fn=name, autocast=autocast, dropout=p, grad_x=rel(inside[0], again[0]),
+                grad_A=rel(inside[1], again[1]), grad_B=rel(inside[2], again[2]))
+
+
 if __name__ == '__main__':
+    plain_max_rows = LF.PLAIN_MAX_ROWS
+    LF.PLAIN_MAX_ROWS = 0  # the fused function, whatever the number of rows
+    for name in ('layernorm', 'gelu'):
+        for autocast in (False, True):
+            for p in (0.0, 0.1):
+                print(json.dumps(run_prologue_case(name, autocast, p)), flush=True)
     for double_quant in (True, False):
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             print(json.dumps(run_nf4_case(double_quant, dtype)), flush=True)
@@ -97,7 +132,6 @@ if __name__ == '__main__':
         for autocast in (False, True):
             print(json.dumps(run_kernel_case(autocast, features)), flush=True)
     os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = 'torch'  # below: the reference's own mask
-    plain_max_rows = LF.PLAIN_MAX_ROWS
     for max_rows, path in ((0, 'fused'), (plain_max_rows, 'plain')):  # the cases below have 1576 rows
         LF.PLAIN_MAX_ROWS = max_rows
         for features in ((1024, 4096), (4096, 1024)):  # the wide forward GEMM, then the wide input-gradient GEMM

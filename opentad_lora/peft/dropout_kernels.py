@@ -9,6 +9,11 @@ step (benchmarks/RESULTS.md). These kernels compute the three products that need
   results only;
 * ``dx += mask * (g @ A) / (1 - p)`` adds the low-rank part of the input gradient in place, tile by tile.
 
+``dA`` also serves layers without dropout that apply their input function (:mod:`.input_fn`): it computes a
+LayerNorm or GELU of the saved input in registers (a :class:`.input_fn.Prologue`), where backward would otherwise
+write that function's output (float32 for a LayerNorm under autocast), cast it and read it back: on AdaTAD's blocks
+several passes over the widest activations per layer.
+
 The mask is Philox (``tl.randint4x``) keyed by a seed drawn from torch's generator on the input's device, so
 activation checkpointing, which restores that generator, recomputes the same mask; each call gives eight 16-bit
 draws (element kept when its draw >= ``round(p * 2**16)``: ``p`` is rounded to a multiple of 2**-16). The mask has
@@ -16,10 +21,14 @@ the distribution of ``torch.nn.functional.dropout``'s but other numbers; the CPU
 numbers). Tests run these kernels on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``) against plain torch maths on :func:`keep_mask`.
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .input_fn import Prologue
 
 # Triton chooses between compiling and interpreting when a kernel is decorated, i.e. when this module is first
 # imported: :mod:`.functional` imports it only where it applies (:func:`.functional.fused_dropout_applies`).
@@ -70,19 +79,48 @@ def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, KG, R, threshold, scale,
 
 
 @triton.jit
-def _grad_a_kernel(g_ptr, x_ptr, out_ptr, seed_ptr, N, K, KG, R, threshold, scale, SPLIT,
-                   RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+def _to_element(value, dtype: tl.constexpr):
+    """``value`` (float32) rounded to ``dtype``; bfloat16 by hand, to nearest even, which the interpreter does not."""
+    if dtype == tl.bfloat16:
+        bits = value.to(tl.int32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # a float32 that bfloat16 holds exactly
+        return rounded.to(tl.float32, bitcast=True).to(tl.bfloat16)
+    return value.to(dtype)
+
+
+@triton.jit
+def _grad_a_kernel(g_ptr, x_ptr, out_ptr, seed_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, N, K, KG, R, threshold, scale,
+                   SPLIT, RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, DROPOUT: tl.constexpr,
+                   PROLOGUE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
     k0 = tl.program_id(0) * 64
     cols = k0 + tl.arange(0, 64)
     split = tl.program_id(1)
     ranks = tl.arange(0, RP)
-    seed = tl.load(seed_ptr)
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    if PROLOGUE == 1 and HAS_W:
+        w = tl.load(w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    if PROLOGUE == 1 and HAS_B:
+        b = tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
     acc = tl.zeros((RP, 64), dtype=tl.float32)
     for n0 in range(split * BLOCK_N, N, SPLIT * BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < K),
                     other=0.0)
-        x = tl.where(_keep(seed, rows, k0, KG, threshold, BLOCK_N), x, 0.0)
+        if PROLOGUE == 1:  # LayerNorm with forward's statistics, in the order of torch's CUDA kernel
+            mean = tl.load(mean_ptr + rows, mask=rows < N, other=0.0)
+            rstd = tl.load(rstd_ptr + rows, mask=rows < N, other=0.0)
+            y = rstd[:, None] * (x.to(tl.float32) - mean[:, None])
+            if HAS_W:
+                y = w[None, :] * y
+            if HAS_B:
+                y = y + b[None, :]
+            x = _to_element(y, g_ptr.dtype.element_ty)
+        elif PROLOGUE == 2:  # exact GELU, as torch computes it
+            y = x.to(tl.float32)
+            x = _to_element(y * 0.5 * (1.0 + tl.erf(y * 0.7071067811865476)), g_ptr.dtype.element_ty)
+        if DROPOUT:
+            x = tl.where(_keep(seed, rows, k0, KG, threshold, BLOCK_N), x, 0.0)
         g_t = tl.load(g_ptr + rows[None, :] * R + ranks[:, None], mask=(rows[None, :] < N) & (ranks[:, None] < R),
                       other=0.0)  # g.T tile (RP, BLOCK_N)
         acc += _dot(g_t, x, IEEE)
@@ -138,16 +176,22 @@ def dropout_xa(x2d: Tensor, lora_a: Tensor, seed: Tensor, p: float) -> Tensor:
     return out
 
 
-def dropout_grad_a(g: Tensor, x2d: Tensor, seed: Tensor, p: float) -> Tensor:
-    """``g.T @ dropout(x)`` (float32, ``(r, K)``) with the mask of :func:`dropout_xa` for the same ``seed``."""
+def grad_a(g: Tensor, x2d: Tensor, seed: Optional[Tensor], p: float, prologue: Optional[Prologue] = None) -> Tensor:
+    """``g.T @ dropout(fn(x))`` (float32, ``(r, K)``): the mask of :func:`dropout_xa` for the same ``seed`` (no
+    dropout when ``seed`` is None), ``fn`` the ``prologue``'s function computed in registers from ``x`` (identity
+    when None; ``x`` is then in ``g``'s dtype)."""
     n, width = x2d.shape
     rank = g.shape[1]
-    words, threshold, scale = _launch_args(width, p)
+    words, threshold, scale = _launch_args(width, p) if seed is not None else (0, 0, 1.0)
     col_tiles = triton.cdiv(width, TILE_K)
     split = max(1, min(triton.cdiv(n, 64), triton.cdiv(2048, col_tiles)))  # enough programs to fill the GPU
     partial = torch.empty(split, _padded_rank(rank), width, device=x2d.device, dtype=torch.float32)
-    _grad_a_kernel[(col_tiles, split)](g.contiguous(), x2d, partial, seed, n, width, words, rank, threshold, scale,
-                                       split, RP=_padded_rank(rank), BLOCK_N=64, IEEE=x2d.dtype == torch.float32)
+    kind, mean, rstd, weight, bias = prologue or (0, None, None, None, None)
+    unused = partial  # pointers the kernel does not read in this configuration
+    _grad_a_kernel[(col_tiles, split)](
+        g.contiguous(), x2d, partial, *(unused if t is None else t for t in (seed, mean, rstd, weight, bias)), n, width,
+        words, rank, threshold, scale, split, RP=_padded_rank(rank), BLOCK_N=64, IEEE=g.dtype == torch.float32,
+        DROPOUT=seed is not None, PROLOGUE=kind, HAS_W=weight is not None, HAS_B=bias is not None)
     return partial.sum(0)[:rank]
 
 

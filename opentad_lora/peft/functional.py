@@ -24,7 +24,9 @@ stay in float), so no dequantized weight outlives its GEMM unless ``keep_dequant
 
 A layer that reads a norm's or an activation's output (``qkv(norm1(x))``, ``fc2(gelu(h))``) can take that
 function as ``input_fn`` (:mod:`.input_fn`): it then keeps the function's input, which the function keeps anyway,
-instead of its own copy of the output, and applies the function again in backward.
+instead of its own copy of the output. Backward needs that output only for ``dA``: on CUDA the Triton ``dA`` kernel
+computes a LayerNorm (from forward's per-row statistics) or an exact GELU in registers as it reads the input
+(:func:`.dropout_kernels.grad_a`); elsewhere the function is applied again in memory.
 """
 import weakref
 from typing import Callable, Optional, Tuple
@@ -33,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .input_fn import apply_input_fn, input_fn_backward
-from .lora_dropout import dropout_forward, dropout_grad_a, dropout_grad_x
+from .input_fn import apply_input_fn, aux_to_save, input_fn_backward, kernel_prologue, saved_aux
+from .lora_dropout import dropout_forward, dropout_grad_a, dropout_grad_x, kernel_applies, kernels
 
 
 def lora_delta(x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, dropout_p: float = 0.0,
@@ -113,7 +115,12 @@ class FusedLoRALinear(torch.autograd.Function):
         # The input in the compute dtype, in x's own layout: dropout draws its mask in that layout (the reference's
         # and PEFT's stream), and a contiguous x of that dtype is saved as is, shared with every layer reading it.
         autocast = torch.is_autocast_enabled(x.device.type)
-        source = _cast_once(x, dtype) if input_fn is None else apply_input_fn(input_fn, x, autocast)[0].to(dtype)
+        fn_saved = ()
+        if input_fn is None:
+            source = _cast_once(x, dtype)
+        else:
+            source, fn_aux = apply_input_fn(input_fn, x, autocast)
+            source, fn_saved = source.to(dtype), aux_to_save(input_fn, fn_aux)
         x2d = source.reshape(-1, in_features)
         dropout_way, dropout_saved = None, None
         if dropout_p > 0.0 and training:
@@ -125,7 +132,7 @@ class FusedLoRALinear(torch.autograd.Function):
         else:
             out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
         kept_weight = base_weight if dequantize is None or keep_dequantized else None
-        ctx.save_for_backward(source if input_fn is None else x, xa, dropout_saved, kept_weight, a_c, b_c)
+        ctx.save_for_backward(source if input_fn is None else x, xa, dropout_saved, kept_weight, a_c, b_c, *fn_saved)
         ctx.dequantize, ctx.input_fn, ctx.dropout_way = dequantize, input_fn, dropout_way
         ctx.meta = (scaling, dtype, dropout_p if training else 0.0, x.shape, x.dtype, autocast,  # one attribute
                     weight.dtype if weight is not None else None, bias.dtype if bias is not None else None,
@@ -134,13 +141,18 @@ class FusedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        saved_input, xa, dropout_saved, base_weight, a_c, b_c = ctx.saved_tensors
+        saved_input, xa, dropout_saved, base_weight, a_c, b_c, *fn_saved = ctx.saved_tensors
         scaling, dtype, dropout_p, x_shape, x_dtype, autocast, weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.meta
-        input_fn, source, fn_aux = ctx.input_fn, saved_input, None
-        if input_fn is not None:  # forward's input_fn(x), again
+        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
+        input_fn, source, way = ctx.input_fn, saved_input, ctx.dropout_way
+        fn_aux = saved_aux(fn_saved, saved_input, autocast) if input_fn is not None else None
+        prologue = None  # input_fn computed inside the dA kernel, from x: nothing applied again in memory
+        if input_fn is not None and way in (None, 'kernel') and not need_w and \
+                kernel_applies(saved_input.reshape(-1, saved_input.shape[-1]), xa.shape[-1]):
+            prologue = kernel_prologue(input_fn, fn_aux)
+        if input_fn is not None and prologue is None:  # forward's input_fn(x), again
             source, fn_aux = apply_input_fn(input_fn, saved_input, autocast)
             source = source.to(dtype)
-        need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         if base_weight is None and need_x:
             base_weight = ctx.dequantize(dtype)
         x2d = source.reshape(-1, source.shape[-1])
@@ -148,8 +160,11 @@ class FusedLoRALinear(torch.autograd.Function):
         dy = grad_out.reshape(-1, out_features).to(dtype)
         g = dy @ b_c  # (N, r) = dy @ (s B), shared by dx and dA
         grad_x = grad_w = grad_b = grad_a = grad_bb = None
-        way, mask = ctx.dropout_way, None
-        if way is not None:
+        mask = None
+        if prologue is not None:
+            seed = dropout_saved if way == 'kernel' else None
+            grad_a = kernels().grad_a(g, x2d.contiguous(), seed, dropout_p, prologue) if need_a else None
+        elif way is not None:
             grad_a, mask = dropout_grad_a(way, dropout_saved, source, g, dropout_p, need_a)
         elif need_a:
             grad_a = g.t() @ x2d

@@ -10,7 +10,7 @@ activation memory.
 Supported: GELU, SiLU and ReLU (not in place), whose ATen backward needs only the input, and ``nn.LayerNorm`` whose
 affine parameters are frozen (or absent). Anything else is applied first, as usual (:func:`is_recomputable`).
 """
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,41 @@ def apply_input_fn(fn: nn.Module, x: Tensor, autocast: bool) -> Tuple[Tensor, An
     return _RECOMPUTABLE[type(fn)].forward(fn, x, autocast)
 
 
+def aux_to_save(fn: nn.Module, aux: Any) -> Tuple[Tensor, ...]:
+    """The tensors of forward's ``aux`` worth saving for backward: a LayerNorm's per-row statistics (two floats per
+    row), which spare backward applying the norm again when a kernel computes it (:func:`kernel_prologue`)."""
+    return tuple(aux[:2]) if type(fn) is nn.LayerNorm else ()
+
+
+def saved_aux(saved: Tuple[Tensor, ...], x: Tensor, autocast: bool) -> Any:
+    """``aux`` again from :func:`aux_to_save`'s tensors and the input ``x`` (None for the activations)."""
+    return (*saved, torch.float32 if autocast else x.dtype) if saved else None
+
+
 def input_fn_backward(fn: nn.Module, grad: Tensor, x: Tensor, aux: Any) -> Tensor:
     """The gradient of ``x`` from the gradient of ``fn(x)``."""
     return _RECOMPUTABLE[type(fn)].backward(fn, grad, x, aux)
+
+
+class Prologue(NamedTuple):
+    """What a Triton kernel needs to compute ``fn(x)`` from ``x`` in registers instead of ``fn(x)`` being recomputed
+    in memory (:func:`.dropout_kernels.grad_a`): ``kind`` 1 is a LayerNorm over the last dimension with forward's
+    per-row ``mean``/``rstd`` (float32) and its affine ``weight``/``bias`` (or None), 2 the exact GELU."""
+    kind: int
+    mean: Optional[Tensor] = None
+    rstd: Optional[Tensor] = None
+    weight: Optional[Tensor] = None
+    bias: Optional[Tensor] = None
+
+
+def kernel_prologue(fn: nn.Module, aux: Any) -> Optional[Prologue]:
+    """The :class:`Prologue` of ``fn`` given forward's ``aux`` (from :func:`apply_input_fn`), or None where the
+    kernels do not compute ``fn`` (it is then applied again in memory)."""
+    if type(fn) is nn.GELU and fn.approximate == 'none':
+        return Prologue(2)
+    if type(fn) is nn.LayerNorm and len(fn.normalized_shape) == 1:
+        mean, rstd, dtype = aux
+        weight = None if fn.weight is None else fn.weight.to(dtype)
+        bias = None if fn.bias is None else fn.bias.to(dtype)
+        return Prologue(1, mean.reshape(-1), rstd.reshape(-1), weight, bias)
+    return None

@@ -21,7 +21,7 @@ _CHOICES = ('auto', 'torch', 'interpret')
 _KERNEL_MAX_ELEMENTS = 2 ** 31 - 1  # the kernels' Philox offsets are int32 element indices
 
 
-def _kernels():
+def kernels():
     """:mod:`.dropout_kernels`, or None without Triton."""
     try:
         from . import dropout_kernels
@@ -41,7 +41,7 @@ def kernel_applies(x2d: Tensor, rank: int) -> bool:
     if torch.compiler.is_compiling():  # compiled steps: inductor fuses torch's dropout itself
         return False
     on_device = x2d.device.type == 'cuda' or (x2d.device.type == 'cpu' and choice == 'interpret')
-    return on_device and _kernels() is not None
+    return on_device and kernels() is not None
 
 
 def _rng_state(device: torch.device) -> Optional[Tensor]:
@@ -78,7 +78,7 @@ def dropout_forward(source: Tensor, lora_a: Tensor, dropout_p: float) -> Tuple[T
     x2d = source.reshape(-1, source.shape[-1])
     if kernel_applies(x2d, lora_a.shape[0]):
         seed = torch.randint(0, 2 ** 31 - 1, (1,), device=source.device, dtype=torch.int64)  # no host sync
-        return _kernels().dropout_xa(x2d.contiguous(), lora_a, seed, dropout_p), 'kernel', seed
+        return kernels().dropout_xa(x2d.contiguous(), lora_a, seed, dropout_p), 'kernel', seed
     state = _rng_state(source.device)
     dropped, mask = torch.ops.aten.native_dropout(source, dropout_p, True)
     xa = dropped.reshape(x2d.shape) @ lora_a.t()
@@ -91,7 +91,7 @@ def dropout_grad_a(way: str, saved: Tensor, source: Tensor, g: Tensor, dropout_p
     :func:`dropout_grad_x` (None for the kernels, which make it again). ``g = dy @ (s B)``."""
     x2d = source.reshape(-1, source.shape[-1])
     if way == 'kernel':
-        return (_kernels().dropout_grad_a(g, x2d.contiguous(), saved, dropout_p) if need_a else None), None
+        return (kernels().grad_a(g, x2d.contiguous(), saved, dropout_p) if need_a else None), None
     if way == 'redraw':
         dropped, mask = _redraw(source, dropout_p, saved)
     else:
@@ -105,6 +105,6 @@ def dropout_grad_x(way: str, saved: Tensor, mask: Optional[Tensor], g: Tensor, l
     """``dy @ W + mask * (g @ A) / (1 - p)``: for the torch ways one ``(N, K)`` temporary at a time (this runs first
     in a checkpointed block's backward, while everything the block saved is alive: the step's peak)."""
     if way == 'kernel':
-        return _kernels().add_dropout_grad_x(dy @ base_weight, g, lora_a, saved, dropout_p)
+        return kernels().add_dropout_grad_x(dy @ base_weight, g, lora_a, saved, dropout_p)
     grad_x = ((g * (1.0 / (1.0 - dropout_p))) @ lora_a).mul_(mask.reshape(-1, lora_a.shape[1]))
     return grad_x.addmm_(dy, base_weight)

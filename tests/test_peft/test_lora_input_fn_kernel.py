@@ -1,0 +1,78 @@
+"""The dA kernel that applies a LoRA layer's input function (LayerNorm, GELU) itself, from the saved input and
+forward's statistics, instead of backward applying it again in memory (Triton, run here by its CPU interpreter).
+
+Float32 only: the interpreter's bfloat16 ``tl.dot`` is wrong (1e11 off on plain products); the bfloat16 path is
+checked on the GPU by ``benchmarks/cuda_parity.py`` (``prologue`` cases)."""
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip('triton', reason='the kernels need Triton (requirements/tests.txt installs it)')
+
+from opentad_lora.peft import functional as LF  # noqa: E402
+from opentad_lora.peft.input_fn import Prologue  # noqa: E402
+
+FUNCTIONS = {
+    'layernorm': lambda: nn.LayerNorm(48),
+    'layernorm-plain': lambda: nn.LayerNorm(48, elementwise_affine=False),
+    'gelu': nn.GELU,
+}
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    monkeypatch.setenv('OPENTAD_LORA_DROPOUT_KERNEL', 'interpret')  # CPU tensors too (conftest: TRITON_INTERPRET=1)
+    monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)
+    from opentad_lora.peft import dropout_kernels
+    return dropout_kernels
+
+
+def _function(name: str) -> nn.Module:
+    torch.manual_seed(3)
+    fn = FUNCTIONS[name]()
+    for param in fn.parameters():
+        param.data.uniform_(0.5, 1.5).requires_grad_(False)
+    return fn
+
+
+@pytest.mark.parametrize('name', sorted(FUNCTIONS))
+@pytest.mark.parametrize('p', [0.0, 0.2])
+def test_grad_a_with_the_function_inside_equals_torch_maths(kernels, name, p):
+    torch.manual_seed(0)
+    fn = _function(name)
+    x = torch.randn(100, 48) * 3 + 1  # float32, as AdaTAD's residual stream is under autocast
+    g = torch.randn(100, 5)
+    if name == 'gelu':
+        prologue, y = Prologue(2), fn(x)
+    else:
+        y, mean, rstd = torch.ops.aten.native_layer_norm(x, fn.normalized_shape, fn.weight, fn.bias, fn.eps)
+        prologue = Prologue(1, mean.reshape(-1), rstd.reshape(-1), fn.weight, fn.bias)
+    seed = torch.tensor([77]) if p else None
+    mask = kernels.keep_mask(seed, tuple(x.shape), p, x.device) / (1 - p) if p else torch.ones_like(x)
+    torch.testing.assert_close(kernels.grad_a(g, x, seed, p, prologue), g.t() @ (y * mask), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', ['layernorm', 'gelu'])
+@pytest.mark.parametrize('p', [0.0, 0.25])
+def test_fused_layer_gradients_equal_applying_the_function_again(kernels, monkeypatch, name, p):
+    fn = _function(name)
+    torch.manual_seed(1)
+    x = torch.randn(2, 40, 48, requires_grad=True)
+    weight, bias = torch.randn(96, 48), torch.randn(96)
+    lora_a = torch.randn(4, 48, requires_grad=True)
+    lora_b = torch.randn(96, 4, requires_grad=True)
+    used = []
+    inside = LF.kernel_prologue
+    monkeypatch.setattr(LF, 'kernel_prologue', lambda *args: used.append(1) or inside(*args))
+
+    def grads():
+        torch.manual_seed(5)  # the same dropout seed for both runs
+        out = LF.lora_linear(x, weight, bias, lora_a, lora_b, 2.0, p, True, input_fn=fn)
+        return torch.autograd.grad(out.square().sum(), (x, lora_a, lora_b))
+
+    fused = grads()
+    assert used, 'the dA kernel did not apply the function'
+    monkeypatch.setattr(LF, 'kernel_prologue', lambda *args: None)  # backward applies the function again
+    again = grads()
+    for got, want in zip(fused, again):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
