@@ -60,7 +60,7 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, KG, R, threshold, scale,
+def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, SX, KG, R, threshold, scale,
                RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ranks = tl.arange(0, RP)
@@ -68,7 +68,7 @@ def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, KG, R, threshold, scale,
     acc = tl.zeros((BLOCK_N, RP), dtype=tl.float32)
     for k0 in range(0, K, 64):
         cols = k0 + tl.arange(0, 64)
-        x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < K),
+        x = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < K),
                     other=0.0)
         x = tl.where(_keep(seed, rows, k0, KG, threshold, BLOCK_N), x, 0.0)
         a = tl.load(a_ptr + ranks[None, :] * K + cols[:, None], mask=(cols[:, None] < K) & (ranks[None, :] < R),
@@ -166,13 +166,15 @@ def _launch_args(width: int, p: float) -> tuple:
 
 
 def dropout_xa(x2d: Tensor, lora_a: Tensor, seed: Tensor, p: float) -> Tensor:
-    """``dropout(x) @ A.T`` for a contiguous ``(N, K)`` ``x`` and ``A`` of shape ``(r, K)``, in ``x``'s dtype."""
+    """``dropout(x) @ A.T`` for an ``(N, K)`` ``x`` with unit column stride and ``A`` of shape ``(r, K)``, in
+    ``x``'s dtype."""
     n, width = x2d.shape
     rank = lora_a.shape[0]
     out = torch.empty(n, rank, device=x2d.device, dtype=x2d.dtype)
     words, threshold, scale = _launch_args(width, p)
-    _xa_kernel[(triton.cdiv(n, 64),)](x2d, lora_a.contiguous(), out, seed, n, width, words, rank, threshold, scale,
-                                      RP=_padded_rank(rank), BLOCK_N=64, IEEE=x2d.dtype == torch.float32)
+    _xa_kernel[(triton.cdiv(n, 64),)](x2d, lora_a.contiguous(), out, seed, n, width, x2d.stride(0), words, rank,
+                                      threshold, scale, RP=_padded_rank(rank), BLOCK_N=64,
+                                      IEEE=x2d.dtype == torch.float32)
     return out
 
 

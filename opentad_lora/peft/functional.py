@@ -15,6 +15,8 @@ The low-rank product is added inside the base GEMM by concatenating along the re
 cuBLAS GEMM with ``K + r`` instead of ``K`` then writes the output once, where a separate ``addmm_`` reads and
 writes the whole output again. The concatenation costs one copy of ``x`` (or ``dy``), so it is used where the
 output is at least twice as wide as that operand; otherwise the low-rank product is ``addmm_``-ed into the output.
+An input that needs a cast anyway (float32 under autocast, e.g. a LayerNorm's output) is cast straight into the
+concatenated operand, so there the concatenation costs nothing.
 Both forms issue about as many host-side operations as each other, which matters as much as GPU time: eager LoRA
 steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 
@@ -66,23 +68,35 @@ class _CastCache:
     """The last compute-dtype copy of an input, so layers that read the same tensor (q/k/v, gate/up) save ONE copy.
 
     Holds weak references only: an entry lives as long as some layer keeps the copy for backward, and a tensor
-    changed in place (its version moves) is cast again.
+    changed in place (its version moves) is cast again. ``spare`` as in :func:`_cast`.
     """
 
     def __init__(self) -> None:
         self._entry: Optional[Tuple[weakref.ref, int, torch.dtype, weakref.ref]] = None
 
-    def __call__(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+    def __call__(self, x: Tensor, dtype: torch.dtype, spare: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
         if x.dtype == dtype:
-            return x
+            return x, None
         entry = self._entry
         if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2] == dtype:
             cast = entry[3]()
             if cast is not None:
-                return cast
-        cast = x.to(dtype)
+                return cast, None
+        cast, buffer = _cast(x, dtype, spare)
         self._entry = (weakref.ref(x), x._version, dtype, weakref.ref(cast))
-        return cast
+        return cast, buffer
+
+
+def _cast(x: Tensor, dtype: torch.dtype, spare: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
+    """``x`` in ``dtype``; with ``spare > 0`` and a cast to make, it is made straight into the first columns of an
+    ``(N, K + spare)`` buffer, also returned, so that the K-concatenated GEMM needs no second copy of ``x``."""
+    if x.dtype == dtype or not spare:
+        return x.to(dtype), None
+    width = x.shape[-1]
+    buffer = torch.empty(x.numel() // width, width + spare, dtype=dtype, device=x.device)
+    cast = buffer[:, :width]
+    cast.copy_(x.reshape(-1, width))
+    return cast.view(x.shape), buffer
 
 
 _cast_once = _CastCache()
@@ -115,20 +129,28 @@ class FusedLoRALinear(torch.autograd.Function):
         # The input in the compute dtype, in x's own layout: dropout draws its mask in that layout (the reference's
         # and PEFT's stream), and a contiguous x of that dtype is saved as is, shared with every layer reading it.
         autocast = torch.is_autocast_enabled(x.device.type)
+        dropout, rank = dropout_p > 0.0 and training, lora_a.shape[0]
+        wide = base_weight.shape[0] >= 2 * in_features  # the output is the widest tensor: [x | xa] @ [W | sB].T
+        # A cast input of a wide layer is cast straight into the [x | xa] operand (torch's dropout needs it alone)
+        spare = rank if wide and (not dropout or kernel_applies(x, rank)) else 0
         fn_saved = ()
         if input_fn is None:
-            source = _cast_once(x, dtype)
+            source, operand = _cast_once(x, dtype, spare)
         else:
             source, fn_aux = apply_input_fn(input_fn, x, autocast)
-            source, fn_saved = source.to(dtype), aux_to_save(input_fn, fn_aux)
+            (source, operand), fn_saved = _cast(source, dtype, spare), aux_to_save(input_fn, fn_aux)
         x2d = source.reshape(-1, in_features)
         dropout_way, dropout_saved = None, None
-        if dropout_p > 0.0 and training:
+        if dropout:
             xa, dropout_way, dropout_saved = dropout_forward(source, a_c, dropout_p)
         else:
             xa = x2d @ a_c.t()  # (N, r): the only extra activation LoRA keeps
-        if base_weight.shape[0] >= 2 * in_features:  # the output is the widest tensor: [x | xa] @ [W | sB].T
-            out = F.linear(torch.cat([x2d, xa], dim=1), torch.cat([base_weight, b_c], dim=1), bias_c)
+        if wide:
+            if operand is None:
+                operand = torch.cat([x2d, xa], dim=1)
+            else:
+                operand[:, in_features:].copy_(xa)
+            out = F.linear(operand, torch.cat([base_weight, b_c], dim=1), bias_c)
         else:
             out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
         kept_weight = base_weight if dequantize is None or keep_dequantized else None
@@ -213,7 +235,7 @@ def lora_linear_plain(x: Tensor, base_forward: Callable[[Tensor], Tensor], lora_
     tensor) and the rank-``r`` ``x @ A.T``, as the fused function does.
     """
     dtype = _compute_dtype(x)
-    source = _cast_once(x, dtype)
+    source = _cast_once(x, dtype)[0]
     base_out = base_forward(source)
     x2d = source.reshape(-1, x.shape[-1])
     xa = x2d @ lora_a.to(dtype).t()

@@ -35,6 +35,16 @@ def test_kernels_equal_torch_maths_on_their_mask(kernels, rows, width, rank):
     assert not torch.equal(kernels.keep_mask(torch.tensor([1235]), (rows, width), p, x.device), mask)
 
 
+def test_xa_kernel_reads_rows_of_a_wider_buffer(kernels):
+    """A wide layer's input lives in the first columns of its ``[x | xA]`` operand: strided rows, same result."""
+    torch.manual_seed(0)
+    buffer, a, seed = torch.randn(90, 70 + 6), torch.randn(6, 70), torch.tensor([99])
+    strided = buffer[:, :70]
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(kernels.dropout_xa(strided, a, seed, 0.2),
+                               kernels.dropout_xa(strided.contiguous(), a, seed, 0.2), rtol=0, atol=0)
+
+
 def _tensors(out_features):
     torch.manual_seed(1)
     x = torch.randn(2, 40, 32, requires_grad=True)
