@@ -11,12 +11,13 @@ import torch
 import pytest
 from mmengine.config import Config
 from mmengine.dataset import BaseDataset, DefaultSampler
+from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from torch.utils.data import BatchSampler
 
 from opentad_lora.engine import EpochStreamBatchSampler, EpochStreamTrainLoop
 from opentad_lora.registry import LOOPS
-from opentad_lora.engine.sample_seed import get_loading_epoch
+from opentad_lora.engine.sample_seed import SampleSeededPipeline, get_loading_epoch
 
 ADATAD_THUMOS = sorted((Path(__file__).resolve().parents[2] / 'configs' / 'adatad' / 'thumos').glob('*.py'))
 EPOCHS, BATCH = 3, 3  # 13 points, batch 3, drop_last: 4 iterations per epoch, one point left out per epoch
@@ -51,14 +52,25 @@ class NoisyPoints(BaseDataset):
         return [dict(x=p, y=p[0] - 2 * p[1]) for p in x]
 
 
+class PredictionCount(BaseMetric):
+    """The number of validated samples (the validation between epochs ran on its own DataLoader)."""
+
+    def process(self, data_batch, data_samples) -> None:
+        self.results.append(len(data_samples))
+
+    def compute_metrics(self, results: list) -> dict:
+        return dict(count=sum(results))
+
+
 class BatchRecorder(Hook):
-    """Keeps every training batch's inputs and the monotonic time each iteration ended, by ``(epoch, batch_idx)``;
-    with ``step_time``, each iteration also sleeps that long (a slow training step)."""
+    """Keeps every training batch's inputs and the monotonic time each iteration ended, by ``(epoch, batch_idx)``,
+    and each validation's metrics; with ``step_time``, each iteration also sleeps that long (a slow training step)."""
 
     def __init__(self, step_time: float = 0.0) -> None:
         self.step_time = step_time
         self.batches: Dict[Tuple[int, int], torch.Tensor] = {}
         self.ends: Dict[Tuple[int, int], float] = {}
+        self.val_metrics: List[dict] = []
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         self.batches[runner.epoch, batch_idx] = torch.stack(data_batch['inputs'])
@@ -67,17 +79,22 @@ class BatchRecorder(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         self.ends[runner.epoch, batch_idx] = time.monotonic()
 
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.val_metrics.append(metrics)
+
 
 def _train(make_runner, toy_net, work_dir: Path, loop: str, max_epochs: int = EPOCHS, step_time: float = 0.0,
-           dataset: Optional[BaseDataset] = None, **kwargs) -> Tuple[BatchRecorder, dict]:
-    """Train the toy LoRA net (LoRA dropout 0.1) with ``loop`` on 2 persistent workers under EpochSeedHook; returns
-    the batch recorder and the final weights."""
+           dataset: Optional[BaseDataset] = None, persistent_workers: bool = True,
+           **kwargs) -> Tuple[BatchRecorder, dict]:
+    """Train the toy LoRA net (LoRA dropout 0.1) with ``loop`` on 2 workers under EpochSeedHook; returns the batch
+    recorder and the final weights."""
     torch.manual_seed(0)
     recorder = BatchRecorder(step_time)
     runner = make_runner(
         work_dir, model=toy_net(dropout=0.1),
         train_dataloader=dict(dataset=dataset or NoisyPoints(), sampler=dict(type='DefaultSampler', shuffle=True),
-                              batch_size=BATCH, drop_last=True, num_workers=2, persistent_workers=True),
+                              batch_size=BATCH, drop_last=True, num_workers=2,
+                              persistent_workers=persistent_workers),
         train_cfg=dict(type=loop, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1),
                            epoch_seed=dict(type='EpochSeedHook')),
@@ -85,6 +102,7 @@ def _train(make_runner, toy_net, work_dir: Path, loop: str, max_epochs: int = EP
     runner.train()
     if loop == 'EpochStreamTrainLoop':
         assert runner.train_dataloader._iterator is None  # the configured loader is never iterated
+        assert isinstance(runner.train_dataloader.dataset.pipeline, SampleSeededPipeline)  # whatever persistence
     else:  # the plain loop's persistent workers: stop them now, not whenever the garbage collector runs
         runner.train_dataloader._iterator._shutdown_workers()
     return recorder, runner.model.state_dict()
@@ -103,20 +121,28 @@ def test_stream_batch_sampler_runs_the_batch_sampler_epoch_after_epoch():
     assert expected[0] != expected[2]  # epochs 1 and 2 are shuffled differently
 
 
-def test_stream_feeds_the_plain_loops_batches(tmp_path, make_runner, toy_net):
-    plain, _ = _train(make_runner, toy_net, tmp_path / 'plain', 'EpochBasedTrainLoop')
-    stream, _ = _train(make_runner, toy_net, tmp_path / 'stream', 'EpochStreamTrainLoop')
+def test_stream_feeds_the_plain_loops_batches_with_validation_in_between(tmp_path, make_runner, toy_net):
+    validation = dict(val_dataloader=dict(dataset=NoisyPoints(), sampler=dict(type='DefaultSampler', shuffle=False),
+                                          batch_size=4, num_workers=1),
+                      val_evaluator=dict(type=PredictionCount), val_cfg=dict())
+    plain, _ = _train(make_runner, toy_net, tmp_path / 'plain', 'EpochBasedTrainLoop', **validation)
+    stream, _ = _train(make_runner, toy_net, tmp_path / 'stream', 'EpochStreamTrainLoop', **validation)
+    assert plain.val_metrics == stream.val_metrics == [dict(count=13)] * EPOCHS
     assert list(stream.batches) == list(plain.batches) == [(e, i) for e in range(EPOCHS) for i in range(4)]
     for key, batch in plain.batches.items():
         assert batch.shape == (BATCH, 2) and torch.equal(stream.batches[key], batch), key
     assert not torch.equal(plain.batches[0, 0], plain.batches[1, 0])  # epochs differ (shuffle, augmentation)
 
 
-def test_resumed_stream_sees_the_same_batches_and_ends_with_the_same_weights(tmp_path, make_runner, toy_net):
-    straight, straight_weights = _train(make_runner, toy_net, tmp_path / 'straight', 'EpochStreamTrainLoop')
-    _train(make_runner, toy_net, tmp_path / 'first', 'EpochStreamTrainLoop', max_epochs=2)
-    resumed, resumed_weights = _train(make_runner, toy_net, tmp_path / 'resumed', 'EpochStreamTrainLoop',
-                                      resume=True, load_from=str(tmp_path / 'first' / 'epoch_2.pth'))
+@pytest.mark.parametrize('persistent_workers', [True, False])
+def test_resumed_stream_sees_the_same_batches_and_ends_with_the_same_weights(tmp_path, make_runner, toy_net,
+                                                                             persistent_workers):
+    """The stream's workers live across epochs either way, so EpochSeedHook seeds the samples either way."""
+    run = dict(loop='EpochStreamTrainLoop', persistent_workers=persistent_workers)
+    straight, straight_weights = _train(make_runner, toy_net, tmp_path / 'straight', **run)
+    _train(make_runner, toy_net, tmp_path / 'first', max_epochs=2, **run)
+    resumed, resumed_weights = _train(make_runner, toy_net, tmp_path / 'resumed', resume=True,
+                                      load_from=str(tmp_path / 'first' / 'epoch_2.pth'), **run)
     assert list(resumed.batches) == [(2, i) for i in range(4)]
     for key, batch in resumed.batches.items():
         assert torch.equal(batch, straight.batches[key]), key
