@@ -1,4 +1,5 @@
-"""MMEngine glue: optimizer constructor, LoRA checkpoint hook, safe checkpoint loading, runner helpers, FSDP.
+"""MMEngine glue: optimizer constructor, LoRA checkpoint hook, safe checkpoint loading, runner helpers, FSDP,
+the epoch-streaming train loop.
 
 Importing this package (the registry ``locations`` do it whenever a Runner builds one of our hooks or optimizer
 constructors, and ``opentad_lora.models`` imports it for the safe loader) installs the safe ``weights_only``
@@ -13,6 +14,8 @@ from .compile_hook import CompileHook
 from .ddp import AnyDeviceDistributedDataParallel, init_cpu_process_group
 from .ema_hook import TrainableEMAHook, ema_weights, trainable_view
 from .epoch_seed_hook import EpochSeedHook, epoch_seed
+from .epoch_stream_loop import (EpochStreamBatchSampler, EpochStreamTrainLoop, EpochTaggedDataset,
+                                epoch_stream_dataloader)
 from .export import adapter_root, merged_state_dict, save_adapter_folder, save_merged_model
 from .fsdp import LoRAFSDPStrategy, lora_fsdp_auto_wrap_policy
 from .lora_checkpoint_hook import LoRACheckpointHook
@@ -30,5 +33,6 @@ __all__ = [
     'AnyDeviceDistributedDataParallel', 'init_cpu_process_group', 'EpochSeedHook', 'epoch_seed', 'LoRAFSDPStrategy',
     'lora_fsdp_auto_wrap_policy', 'TrainableEMAHook', 'ema_weights', 'trainable_view', 'CheckpointMatchHook',
     'CheckpointMismatchError', 'check_checkpoint_matches', 'check_optimizer_matches', 'add_checkpoint_match_hook',
-    'CompileHook', 'setup_compile',
+    'CompileHook', 'setup_compile', 'EpochStreamTrainLoop', 'EpochStreamBatchSampler', 'EpochTaggedDataset',
+    'epoch_stream_dataloader',
 ]

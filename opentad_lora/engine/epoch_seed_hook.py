@@ -8,7 +8,8 @@ draw the same numbers, whatever ran before the epoch. Different epochs and ranks
 
 DataLoader workers draw the data augmentation. Fresh workers (``persistent_workers=False``) are re-seeded by
 MMEngine identically at each epoch, so they need nothing more; persistent workers keep their generators across
-epochs, so for them the hook also seeds every sample from ``(seed, epoch, index)`` (:mod:`.sample_seed`).
+epochs, and so do the workers of a loop that loads across epochs (``EpochStreamTrainLoop``), so for them the hook
+also seeds every sample from ``(seed, epoch, index)`` (:mod:`.sample_seed`).
 """
 import logging
 import random
@@ -36,8 +37,9 @@ class EpochSeedHook(Hook):
 
     Args:
         seed: The base seed; None uses the Runner's (``randomness=dict(seed=...)``, or the one it drew).
-        seed_samples: With persistent DataLoader workers, seed each training sample's pipeline from
-            ``(seed, epoch, sample index)`` (False: leave the workers' generators alone; resume is then not exact).
+        seed_samples: With DataLoader workers that live across epochs (``persistent_workers=True``, or a train loop
+            with ``workers_span_epochs``), seed each training sample's pipeline from ``(seed, epoch, sample
+            index)`` (False: leave the workers' generators alone; resume is then not exact).
     """
 
     priority = 'VERY_HIGH'  # before any other hook of the epoch draws a random number
@@ -50,13 +52,15 @@ class EpochSeedHook(Hook):
     def before_train(self, runner) -> None:
         """Wrap the training pipeline before the first epoch starts the workers (they keep it from then on)."""
         loader = runner.train_dataloader
-        if not (self.seed_samples and loader.num_workers > 0 and loader.persistent_workers):
+        span_epochs = loader.persistent_workers or getattr(runner.train_loop, 'workers_span_epochs', False)
+        if not (self.seed_samples and loader.num_workers > 0 and span_epochs):
             return
         self._sample_epoch = seed_samples_by_epoch(loader.dataset, int(self._base_seed(runner)))
         if self._sample_epoch is None:
             print_log(f'EpochSeedHook: {type(loader.dataset).__name__} is not an MMEngine BaseDataset, so its '
-                      'samples are not seeded by epoch; with persistent_workers=True a resumed run draws other '
-                      'augmentations than an uninterrupted one (set persistent_workers=False for exact resume)',
+                      'samples are not seeded by epoch; with workers that live across epochs (persistent_workers=True '
+                      'or EpochStreamTrainLoop) a resumed run draws other augmentations than an uninterrupted one '
+                      '(EpochBasedTrainLoop with persistent_workers=False resumes exactly)',
                       logger='current', level=logging.WARNING)
 
     def _base_seed(self, runner) -> int:

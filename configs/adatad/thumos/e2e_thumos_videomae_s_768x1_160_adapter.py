@@ -102,7 +102,9 @@ val_evaluator = dict(post_processing=post_processing)
 test_evaluator = dict(post_processing=post_processing)
 
 # workflow = dict(logging_interval=50, checkpoint_interval=2, val_eval_interval=2, val_start_epoch=40, end_epoch=60)
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=60, val_begin=40, val_interval=2)
+# EpochStreamTrainLoop = EpochBasedTrainLoop whose workers prefetch the next epoch's windows while an epoch's last
+# iterations train (no multi-second data wait at each epoch start; docs/engine.md), with the same batches.
+train_cfg = dict(type='EpochStreamTrainLoop', max_epochs=60, val_begin=40, val_interval=2)
 val_cfg = dict()
 test_cfg = dict()
 default_hooks = dict(
