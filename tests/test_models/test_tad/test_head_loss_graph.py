@@ -5,6 +5,7 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 import torch
 from torch import Tensor
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from opentad_lora.models.tad import ActionFormerHead, assign_points
 from opentad_lora.models.tad.head import decode_segments
@@ -114,7 +115,6 @@ def test_positive_counts_of_the_batches_and_the_normaliser_update():
 
 
 def test_loss_compiles_to_one_graph_reused_for_any_number_of_positives():
-    from torch._dynamo.testing import CompileCounterWithBackend
     torch._dynamo.reset()
     counter = CompileCounterWithBackend('aot_eager')
     head, reference = make_head(label_smoothing=0.1), make_head(label_smoothing=0.1)
@@ -132,3 +132,14 @@ def test_loss_compiles_to_one_graph_reused_for_any_number_of_positives():
         assert torch.equal(head.loss_normalizer, reference.loss_normalizer)
     assert counter.frame_count == 1  # compiled once, no graph break, no recompile
     torch._dynamo.reset()
+
+
+def test_zero_length_padding_actions_change_nothing():
+    # a fixed number of actions per sample (padded with zero-length ones) keeps the compiled graph's shapes fixed
+    head = make_head()
+    feats, masks, segments, labels = batches()[2]
+    padded_segments = [torch.cat([s, torch.full((4 - len(s), 2), 3.0)]) for s in segments]
+    padded_labels = [torch.cat([l, torch.zeros(4 - len(l), dtype=torch.long)]) for l in labels]
+    expected = head.eval().loss(feats, masks, segments, labels)
+    got = head.loss(feats, masks, padded_segments, padded_labels)
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
