@@ -116,6 +116,9 @@ class ActionFormerHead(nn.Module):
              gt_labels: Sequence[Tensor]) -> Dict[str, Tensor]:
         """Focal loss over valid points + DIoU loss of the positive points' segments, over the normaliser.
 
+        Masked sums over all points, with no host sync: the step traces as one graph (``torch.compile``) that does
+        not depend on the number of positive or valid points.
+
         Args:
             feats, masks: Pyramid from the neck.
             gt_segments: Per sample ``(K, 2)`` actions in finest-grid units.
@@ -130,21 +133,20 @@ class ActionFormerHead(nn.Module):
         reg_targets = torch.stack([t[1] for t in targets])
         logits, offsets, valid = torch.cat(logits, 1), torch.cat(offsets, 1), torch.cat(masks, 1)
         positive = (cls_targets.sum(-1) > 0) & valid
-        num_pos = int(positive.sum())
+        num_pos = positive.sum().clamp_min(1)
         if self.training:
             momentum = self.loss_normalizer_momentum
-            self.loss_normalizer.mul_(momentum).add_((1 - momentum) * max(num_pos, 1))
-            normalizer = self.loss_normalizer.item()
+            # the increment in float64, rounded once: the float32 values the Python-float update gave
+            increment = (num_pos.double() * (1 - momentum)).to(self.loss_normalizer.dtype)
+            self.loss_normalizer.mul_(momentum).add_(increment)
+            normalizer = self.loss_normalizer.clone()  # the buffer moves on at the next step; autograd keeps this
         else:
-            normalizer = max(num_pos, 1)
-        cls_target = cls_targets[valid] * (1 - self.label_smoothing) + self.label_smoothing / (self.num_classes + 1)
-        cls_loss = self.cls_loss(logits[valid], cls_target) / normalizer
-        pred_segments = decode_segments(points, offsets)[positive]
-        if num_pos > 0:
-            reg_loss = self.reg_loss(pred_segments, decode_segments(points, reg_targets)[positive]) / normalizer
-        else:
-            reg_loss = pred_segments.sum() * 0.0
-        weight = self.loss_weight if self.loss_weight > 0 else cls_loss.detach() / max(reg_loss.item(), 0.01)
+            normalizer = num_pos
+        cls_target = cls_targets * (1 - self.label_smoothing) + self.label_smoothing / (self.num_classes + 1)
+        cls_loss = self.cls_loss(logits, cls_target, valid[..., None]) / normalizer
+        reg_loss = self.reg_loss(decode_segments(points, offsets), decode_segments(points, reg_targets),
+                                 positive) / normalizer
+        weight = self.loss_weight if self.loss_weight > 0 else cls_loss.detach() / reg_loss.detach().clamp_min(0.01)
         return dict(cls_loss=cls_loss, reg_loss=reg_loss * weight)
 
     @torch.no_grad()

@@ -47,3 +47,21 @@ def test_diou_loss_gradient_pulls_prediction_towards_target():
     pred = torch.tensor([[-0.5, 3.0]], requires_grad=True)
     diou_loss_1d(pred, torch.tensor([[-2.0, 2.0]])).sum().backward()
     assert pred.grad[0, 0] > 0 and pred.grad[0, 1] > 0  # move the start left and the end left
+
+
+def test_masked_losses_sum_the_kept_elements_and_ignore_non_finite_masked_ones():
+    logits = torch.tensor([[0.5, float('inf')], [-1.0, float('nan')]], requires_grad=True)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    keep = torch.tensor([[True, False], [True, False]])
+    loss = FocalLoss(loss_weight=2.0)(logits, targets, keep)
+    assert loss.item() == pytest.approx(FocalLoss(loss_weight=2.0)(logits[keep], targets[keep]).item())
+    loss.backward()
+    assert logits.grad[~keep].tolist() == [0.0, 0.0] and torch.isfinite(logits.grad).all()
+
+    pred = torch.tensor([[0.0, 2.0], [-float('inf'), float('inf')], [1.0, float('nan')]], requires_grad=True)
+    target = torch.tensor([[1.0, 3.0], [0.0, 1.0], [2.0, 2.0]])
+    keep = torch.tensor([True, False, False])
+    loss = DIOULoss(loss_weight=3.0)(pred, target, keep)  # row 0: IoU 1/3, centres 1 and 2, enclosing 3
+    assert loss.item() == pytest.approx(3 * (1 - 1 / 3 + 1 / 9))
+    loss.backward()
+    assert pred.grad[1:].abs().sum() == 0 and torch.isfinite(pred.grad).all()
