@@ -286,6 +286,14 @@ def hue_table(factor: float) -> np.ndarray:
     return table.astype(np.uint8).reshape(256, 1, 3)
 
 
+def shift_hue(pixels: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(N, H, W, 3)`` pixels with OpenCV's hue through ``table`` (:func:`hue_table`), into ``out``."""
+    width = pixels.shape[2]
+    hsv = cv2.cvtColor(pixels.reshape(-1, width, 3), cv2.COLOR_RGB2HSV)
+    cv2.cvtColor(cv2.LUT(hsv, table, dst=hsv), cv2.COLOR_HSV2RGB, dst=out.reshape(-1, width, 3))
+    return out
+
+
 def to_pixels(planes: np.ndarray, out: np.ndarray) -> np.ndarray:
     """uint8 ``(3, N, H, W)`` planes interleaved into ``out`` ``(N, H, W, 3)``."""
     height, width = planes.shape[2:]
@@ -309,6 +317,11 @@ class ColorJitter:
     four is a permutation drawn once, when the transform is built (as mmaction2 does); values are clipped to
     [0, 255] and truncated to uint8 at the end.
 
+    Computed on blocks of ``JITTER_CHUNK`` frames held as float32 colour planes (every step is per frame, and per
+    plane the maths reads contiguous memory): the same float32 operations in the same order as on the whole clip, so
+    the same values, without streaming a 236 MB float32 window through memory at every step. A hue shift first or
+    last acts on the uint8 pixels directly (float32 holding uint8 values clips and truncates to themselves).
+
     Args:
         brightness: Factor range ``1 -/+ brightness`` (or a pair within [0, 2]).
         contrast: Factor range ``1 -/+ contrast``.
@@ -330,36 +343,49 @@ class ColorJitter:
                                                              self.hue))
 
     def __call__(self, results: dict) -> dict:
-        b, c, s, h = self.sample()
+        factors = self.sample()
+        steps = [op for op in self.order if factors[op] != (0 if op == 3 else 1)]  # the others change nothing
         imgs = results['imgs']
-        n, height, width = min(JITTER_CHUNK, len(imgs)), imgs.shape[1], imgs.shape[2]
-        planes = np.empty((3, n, height, width), np.float32)  # buffers reused for every block of frames
-        gray = np.empty((n, height, width), np.float32)
-        planes_u8, pixels = np.empty(planes.shape, np.uint8), np.empty((n, height, width, 3), np.uint8)
-        hue = hue_table(h)
+        size = (3, min(JITTER_CHUNK, len(imgs))) + imgs.shape[1:3]
+        buffers = np.empty(size, np.float32), np.empty(size[1:], np.float32), np.empty(size, np.uint8)
         out = np.empty(imgs.shape, np.uint8)
         for start in range(0, len(imgs), JITTER_CHUNK):  # every step is per frame: blocks give the same values
             block = slice(start, start + JITTER_CHUNK)
-            size = len(out[block])
-            clip, grey = to_planes(imgs[block], planes[:, :size]), gray[:size]
-            for op in self.order:
-                if op == 0 and b != 1:
-                    clip *= b
-                elif op == 1 and c != 1:
-                    mean = grayscale(clip, grey).mean(axis=(1, 2))[:, None, None]
-                    clip *= c
-                    clip += (1 - c) * mean
-                elif op == 2 and s != 1:
-                    grey = grayscale(clip, grey)
-                    clip *= s
-                    clip += np.multiply(grey, 1 - s, out=grey)
-                elif op == 3 and h != 0:  # clip to uint8, shift the hue, back to float
-                    np.copyto(planes_u8[:, :size], np.clip(clip, 0, 255, out=clip), casting='unsafe')
-                    hsv = cv2.cvtColor(to_pixels(planes_u8[:, :size], pixels[:size]).reshape(-1, width, 3),
-                                       cv2.COLOR_RGB2HSV)
-                    rgb = cv2.cvtColor(cv2.LUT(hsv, hue, dst=hsv), cv2.COLOR_HSV2RGB)
-                    to_planes(rgb.reshape(size, height, width, 3), clip)
-            np.copyto(planes_u8[:, :size], np.clip(clip, 0, 255, out=clip), casting='unsafe')  # truncates as astype
-            to_pixels(planes_u8[:, :size], out[block])
+            self.jitter(imgs[block], steps, factors, buffers, out[block])
         results['imgs'] = out
         return results
+
+    @staticmethod
+    def jitter(frames: np.ndarray, steps: List[int], factors: Tuple[float, float, float, float],
+               buffers: Tuple[np.ndarray, np.ndarray, np.ndarray], out: np.ndarray) -> None:
+        """``steps`` (0-3: brightness, contrast, saturation, hue) on a block of uint8 frames, into ``out``."""
+        b, c, s, h = factors
+        hue = hue_table(h)
+        if steps[:1] == [3]:
+            frames, steps = shift_hue(frames, hue, out), steps[1:]
+        if not steps:
+            np.copyto(out, frames)
+            return
+        last_hue = steps[-1] == 3
+        count = len(frames)
+        clip, grey, planes_u8 = buffers[0][:, :count], buffers[1][:count], buffers[2][:, :count]
+        to_planes(frames, clip)
+        for op in steps[:-1] if last_hue else steps:
+            if op == 0:
+                clip *= b
+            elif op == 1:
+                mean = grayscale(clip, grey).mean(axis=(1, 2))[:, None, None]
+                clip *= c
+                clip += (1 - c) * mean
+            elif op == 2:
+                grayscale(clip, grey)
+                clip *= s
+                clip += np.multiply(grey, 1 - s, out=grey)
+            else:  # clip to uint8, shift the hue, back to float
+                np.copyto(planes_u8, np.clip(clip, 0, 255, out=clip), casting='unsafe')
+                pixels = to_pixels(planes_u8, out)
+                to_planes(shift_hue(pixels, hue, pixels), clip)
+        np.copyto(planes_u8, np.clip(clip, 0, 255, out=clip), casting='unsafe')  # truncates, as astype does
+        to_pixels(planes_u8, out)
+        if last_hue:
+            shift_hue(out, hue, out)
