@@ -221,7 +221,11 @@ class RandomResizedCrop:
 
 @TRANSFORMS.register_module()
 class Flip:
-    """Mirror all frames horizontally with probability ``flip_ratio`` (time and labels are unchanged)."""
+    """Mirror all frames horizontally with probability ``flip_ratio`` (time and labels are unchanged).
+
+    The mirrored frames are a new contiguous array made by ``cv2.flip`` on the frames stacked as one image (the same
+    values as the view ``imgs[:, :, ::-1]``, which the next step would copy element by element, ~10x slower).
+    """
 
     def __init__(self, flip_ratio: float = 0.5) -> None:
         self.flip_ratio = flip_ratio
@@ -229,7 +233,8 @@ class Flip:
     def __call__(self, results: dict) -> dict:
         results['flip'] = bool(np.random.rand() < self.flip_ratio)
         if results['flip']:
-            results['imgs'] = results['imgs'][:, :, ::-1]
+            imgs = np.ascontiguousarray(results['imgs'])
+            results['imgs'] = cv2.flip(imgs.reshape(-1, *imgs.shape[2:]), 1).reshape(imgs.shape)
         return results
 
 

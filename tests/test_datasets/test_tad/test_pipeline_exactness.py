@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from opentad_lora.datasets.tad import augment
-from opentad_lora.datasets.tad.transforms import resize_frames
+from opentad_lora.datasets.tad.transforms import Flip, resize_frames
 
 
 def per_frame(clip: np.ndarray, op) -> np.ndarray:
@@ -128,3 +128,15 @@ def test_resize_frames_equals_the_stack_of_per_frame_resizes(size):
         interp = cv2.INTER_AREA if size[0] < view.shape[2] else cv2.INTER_LINEAR
         expected = np.stack([cv2.resize(frame, size, interpolation=interp) for frame in view])
         assert np.array_equal(resize_frames(view, size), expected)
+
+
+def test_flip_equals_the_mirrored_view_and_draws_as_before():
+    clip = np.random.default_rng(4).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    for view in (clip, clip[:, 1:4, 2:6]):
+        for seed in range(6):
+            np.random.seed(seed)
+            out = Flip(flip_ratio=0.5)(dict(imgs=view))
+            np.random.seed(seed)
+            flipped = np.random.rand() < 0.5
+            assert out['flip'] == flipped
+            assert np.array_equal(out['imgs'], view[:, :, ::-1] if flipped else view)
