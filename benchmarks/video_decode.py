@@ -75,7 +75,7 @@ def pick_items(dataset, samples: int, seed: int) -> list:
 
 def time_run(dataset, backend: str, threads: int, items: tuple, seed: int, stage: str) -> tuple:
     """``(frames, wall seconds, cpu seconds)`` of the reads alone (``stage='decode'``) or the whole items."""
-    reader = partial(VideoReader, backend=backend, decoder_threads=threads)
+    reader = forcing(VideoReader, backend=backend, decoder_threads=threads)
     indices, windows = items
     np.random.seed(seed)
     frames, wall, cpu = 0, time.perf_counter(), time.process_time()
@@ -122,11 +122,21 @@ def report_stages(cfg: Config, data: Path, args: argparse.Namespace) -> None:
                               frames_per_cpu_s=round(frames / total, 1))), flush=True)
 
 
+def forcing(factory, **forced):
+    """``factory`` called with ``forced`` keywords over the caller's (LoadFrames passes its own ``backend`` and
+    ``decoder_threads``, which ``functools.partial`` would let win)."""
+
+    def make(*args, **kwargs):
+        return factory(*args, **{**kwargs, **forced})
+
+    return make
+
+
 class _RecordingReader(VideoReader):
     """OpenCV reader that records ``(path, indices)`` of every read."""
 
     def __init__(self, record: list, path: str, *args, **kwargs) -> None:
-        super().__init__(path, *args, backend='opencv', **kwargs)
+        super().__init__(path, *args, **{**kwargs, 'backend': 'opencv'})
         self.record = record
 
     def read(self, indices):
