@@ -6,6 +6,11 @@ per clip and apply the same operation to every frame of ``imgs`` (``(T, H, W, 3)
 They are written with OpenCV, Pillow (the ``Enhance*``/``Autocontrast``/``Equalize`` operations are PIL's, which
 imgaug's ``pillike`` operations reproduce) and numpy; imgaug itself is unmaintained and does not run on numpy 2.
 
+Speed without changing a value: each operation works on the whole clip or on blocks of frames (lookup tables through
+``cv2.LUT``, per-frame tables from per-frame histograms, Pillow on frames stacked into one image where its maths is
+per pixel, one output array) and gives bit-identical values to the frame-by-frame formulas
+(``tests/test_datasets/test_tad/test_pipeline_exactness.py``), drawing the same random numbers in the same order.
+
 Where ours differs from mmaction2 (see docs/adatad.md): draws come from numpy's global generator (seeded per
 dataloader worker by MMEngine) rather than imgaug's, so the same seed gives other, equally distributed values.
 """
@@ -31,8 +36,8 @@ ENHANCE_FACTOR = 1.8 * LEVEL + 0.1
 CUTOUT_FRACTION = 0.2 * LEVEL
 CUTOUT_FILL = 128  # imgaug Cutout's default cval
 NUM_OPS = 2
-# ColorJitter's frames per float32 block: 8 x 160 x 160 x 3 x 4 B = 2.5 MB stays in cache (the whole 768-frame
-# window as float32 is 236 MB: every step would stream it through memory).
+# ColorJitter's frames per float32 block: 8 x 160 x 160 x 3 x 4 B = 2.5 MB, reused buffers (the whole 768-frame
+# window as float32 is 236 MB of fresh pages, streamed through memory at every step).
 JITTER_CHUNK = 8
 PIL_BLOCK = 4  # frames per Pillow call of the Color operation: measured fastest (1: 168 ms, 4: 141, 16: 292)
 
@@ -103,6 +108,7 @@ def as_image(clip: Clip) -> Image.Image:
 
 
 def from_image(image: Image.Image, shape: Tuple[int, ...]) -> Clip:
+    """The inverse of :func:`as_image`."""
     return np.asarray(image).reshape(shape)
 
 
@@ -296,7 +302,7 @@ def shift_hue(pixels: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndar
 
 def to_pixels(planes: np.ndarray, out: np.ndarray) -> np.ndarray:
     """uint8 ``(3, N, H, W)`` planes interleaved into ``out`` ``(N, H, W, 3)``."""
-    height, width = planes.shape[2:]
+    width = planes.shape[3]
     cv2.merge(list(planes.reshape(3, -1, width)), dst=out.reshape(-1, width, 3))
     return out
 
