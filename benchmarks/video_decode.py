@@ -7,6 +7,10 @@ windows are seeded per repeat, so every backend reads the same frames. Reported 
 best of ``--repeats``: the machine's speed with the least interference) and ``cpu_fps`` (frames per CPU-second of
 this process, all decoder threads included: what a worker costs when every core is busy).
 
+``--stages`` instead times each transform of the pipelines (default reader) on the same seeded items and prints
+its ms per window and per frame (CPU time, the best of ``--repeats``; the transforms are built after seeding numpy,
+so ImgAug and ColorJitter draw the same operations on every run).
+
     python tools/data/make_synthetic_thumos.py --out data/thumos_size --num-train 8 --num-val 4 \\
         --min-frames 900 --max-frames 1200 --fps 30 --width 320 --height 180 --min-action 60 --max-action 200
     python benchmarks/video_decode.py --data data/thumos_size
@@ -44,6 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--decoder-threads', default='0', help='PyAV threads per video, comma-separated (0: auto)')
     parser.add_argument('--samples', type=int, default=4, help='dataset items per repeat')
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--stages', action='store_true', help='time each pipeline transform instead')
     return parser.parse_args()
 
 
@@ -70,7 +75,7 @@ def pick_items(dataset, samples: int, seed: int) -> list:
 
 def time_run(dataset, backend: str, threads: int, items: tuple, seed: int, stage: str) -> tuple:
     """``(frames, wall seconds, cpu seconds)`` of the reads alone (``stage='decode'``) or the whole items."""
-    reader = partial(VideoReader, backend=backend, decoder_threads=threads)
+    reader = forcing(VideoReader, backend=backend, decoder_threads=threads)
     indices, windows = items
     np.random.seed(seed)
     frames, wall, cpu = 0, time.perf_counter(), time.process_time()
@@ -84,11 +89,54 @@ def time_run(dataset, backend: str, threads: int, items: tuple, seed: int, stage
     return frames, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def time_stages(dataset, indices: list, seed: int) -> dict:
+    """``{transform name: CPU seconds}`` over ``indices``, running the pipeline's transforms one by one."""
+    np.random.seed(seed)
+    seconds = {}
+    for index in indices:
+        results = dataset.get_data_info(index)
+        for step, transform in enumerate(dataset.pipeline.transforms):
+            start = time.process_time()
+            results = transform(results)
+            name = f'{step}:{type(transform).__name__}'
+            seconds[name] = seconds.get(name, 0.0) + time.process_time() - start
+    return seconds
+
+
+def report_stages(cfg: Config, data: Path, args: argparse.Namespace) -> None:
+    """One JSON line per transform of the train and test pipelines: ms per window and per frame, best of repeats."""
+    for split in ('train', 'test'):
+        np.random.seed(0)  # the transforms draw their fixed choices (ImgAug's signs, ColorJitter's order) when built
+        dataset = build_dataset(cfg, split, data)
+        indices = [int(i) for i in np.random.default_rng(0).choice(len(dataset), args.samples,
+                                                                    replace=args.samples > len(dataset))]
+        frames = args.samples * dataset[indices[0]]['inputs'].shape[1]
+        runs = [time_stages(dataset, indices, seed=0) for _ in range(args.repeats)]
+        for name in runs[0]:
+            best = min(run[name] for run in runs)
+            print(json.dumps(dict(pipeline=split, stage=name, ms_per_window=round(1e3 * best / args.samples, 1),
+                                  ms_per_frame=round(1e3 * best / frames, 4),
+                                  windows=args.samples, repeats=args.repeats, config=args.config)), flush=True)
+        total = sum(min(run[name] for run in runs) for name in runs[0])
+        print(json.dumps(dict(pipeline=split, stage='total', ms_per_window=round(1e3 * total / args.samples, 1),
+                              frames_per_cpu_s=round(frames / total, 1))), flush=True)
+
+
+def forcing(factory, **forced):
+    """``factory`` called with ``forced`` keywords over the caller's (LoadFrames passes its own ``backend`` and
+    ``decoder_threads``, which ``functools.partial`` would let win)."""
+
+    def make(*args, **kwargs):
+        return factory(*args, **{**kwargs, **forced})
+
+    return make
+
+
 class _RecordingReader(VideoReader):
     """OpenCV reader that records ``(path, indices)`` of every read."""
 
     def __init__(self, record: list, path: str, *args, **kwargs) -> None:
-        super().__init__(path, *args, backend='opencv', **kwargs)
+        super().__init__(path, *args, **{**kwargs, 'backend': 'opencv'})
         self.record = record
 
     def read(self, indices):
@@ -102,6 +150,9 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     init_default_scope(cfg.get('default_scope', 'opentad_lora'))
     data = Path(args.data)
+    if args.stages:
+        report_stages(cfg, data, args)
+        return
     configs = [(b, int(t)) for b in args.backends.split(',')
                for t in (args.decoder_threads.split(',') if b == 'pyav' else ['0'])]
     for split in ('train', 'test'):

@@ -147,12 +147,16 @@ class Resize:
 
 
 def resize_frames(frames: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """``(T, H, W, 3)`` frames resized to ``size = (width, height)`` (area filter when shrinking)."""
+    """``(T, H, W, 3)`` frames resized to ``size = (width, height)`` (area filter when shrinking), each straight into
+    one output array (no list of frames to stack: one pass less over the window)."""
     if frames.shape[2] == size[0] and frames.shape[1] == size[1]:
         return frames
     shrink = size[0] < frames.shape[2]
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(frame, size, interpolation=interp) for frame in frames])
+    out = np.empty((len(frames), size[1], size[0], frames.shape[3]), frames.dtype)
+    for frame, dst in zip(frames, out):
+        cv2.resize(frame, size, dst=dst, interpolation=interp)
+    return out
 
 
 @TRANSFORMS.register_module()
@@ -217,7 +221,11 @@ class RandomResizedCrop:
 
 @TRANSFORMS.register_module()
 class Flip:
-    """Mirror all frames horizontally with probability ``flip_ratio`` (time and labels are unchanged)."""
+    """Mirror all frames horizontally with probability ``flip_ratio`` (time and labels are unchanged).
+
+    The mirrored frames are a new contiguous array made by ``cv2.flip`` on the frames stacked as one image (the same
+    values as the view ``imgs[:, :, ::-1]``, which the next step would copy element by element, ~10x slower).
+    """
 
     def __init__(self, flip_ratio: float = 0.5) -> None:
         self.flip_ratio = flip_ratio
@@ -225,7 +233,8 @@ class Flip:
     def __call__(self, results: dict) -> dict:
         results['flip'] = bool(np.random.rand() < self.flip_ratio)
         if results['flip']:
-            results['imgs'] = results['imgs'][:, :, ::-1]
+            imgs = np.ascontiguousarray(results['imgs'])
+            results['imgs'] = cv2.flip(imgs.reshape(-1, *imgs.shape[2:]), 1).reshape(imgs.shape)
         return results
 
 
