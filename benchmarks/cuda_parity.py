@@ -3,9 +3,7 @@
 Prints one JSON line per case with the relative error ||fused - ref|| / ||ref|| of the output and of the gradients
 of x, A and B (the CPU tests check the same on CPU; this records what the GPU kernels give). Dropout cases draw
 torch's mask (``OPENTAD_LORA_DROPOUT_KERNEL=torch``, the reference's stream); the ``kernel`` cases compare the
-Triton dropout kernels with the reference maths on the kernels' own mask; the ``nf4`` cases count the values where
-the Triton NF4 dequantization differs from bitsandbytes' (must be 0: it is meant bit for bit); the ``prologue``
-cases compare the gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of
+Triton dropout kernels with the reference maths on the kernels' own mask; the ``prologue`` cases compare the gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of
 the same layer applying it again in memory (same dropout seed).
 """
 import json
@@ -75,22 +73,6 @@ def run_kernel_case(autocast: bool, features=(1024, 4096), rows: int = 1576, p: 
                 grad_A=rel(got[1], want[1]), grad_B=rel(got[2], want[2]))
 
 
-def run_nf4_case(double_quant: bool, dtype: torch.dtype, features=(1024, 4096)) -> dict:
-    import bitsandbytes as bnb
-    from opentad_lora.peft import quantize_linear
-    from opentad_lora.peft.nf4_kernel import dequantize_nf4
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(*features, device='cuda')
-    linear.weight.data.mul_(torch.logspace(-3, 3, features[1], device='cuda').unsqueeze(1))  # unlike blocks
-    layer = quantize_linear(linear, 4, 'nf4', double_quant)  # quantized on the GPU, as a .cuda() model is
-    state = layer.weight.quant_state
-    want = bnb.functional.dequantize_4bit(layer.weight.data, state).to(dtype)
-    got = dequantize_nf4(layer.weight.data, state, dtype)
-    bits = torch.int32 if dtype == torch.float32 else torch.int16
-    return dict(path='nf4', double_quant=double_quant, dtype=str(dtype), features=features,
-                differing=int((got.view(bits) != want.view(bits)).sum()))
-
-
 def run_prologue_case(name: str, autocast: bool, p: float, features=(1024, 4096), rows: int = 1576) -> dict:
     torch.manual_seed(0)
     fn = torch.nn.LayerNorm(features[0]).cuda() if name == 'layernorm' else torch.nn.GELU()
@@ -125,9 +107,6 @@ if __name__ == '__main__':
         for autocast in (False, True):
             for p in (0.0, 0.1):
                 print(json.dumps(run_prologue_case(name, autocast, p)), flush=True)
-    for double_quant in (True, False):
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            print(json.dumps(run_nf4_case(double_quant, dtype)), flush=True)
     for features in ((1024, 4096), (4096, 1024)):
         for autocast in (False, True):
             print(json.dumps(run_kernel_case(autocast, features)), flush=True)

@@ -84,44 +84,27 @@ def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> T
 
 
 def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype) -> Tensor:
-    """``bnb.functional.dequantize_4bit(weight, quant_state).to(dtype)`` with as few launches as give those bits.
+    """``bnb.functional.dequantize_4bit(weight, quant_state).to(dtype)`` with one 4-bit op producing ``dtype``.
 
     bitsandbytes' CPU and CUDA kernels compute each value as a float32 product and round it once to the output
     dtype, so asking them for ``dtype`` equals the float32 result cast. A state of another dtype (a layer quantized
     with a 16-bit ``compute_dtype``) is rounded to that dtype first, as before, unless ``dtype`` is that dtype.
-    On CUDA, NF4 takes one Triton launch (:mod:`.nf4_kernel`) instead of bitsandbytes' three ops. The double-quant
-    absmax is dequantized each call (its float32 copy would add 1/16 byte per weight).
+    The double-quant absmax is dequantized each call (its float32 copy would add 1/16 byte per weight).
     """
     weight = layer.weight  # FSDP (use_orig_params) replaces the Params4bit by a plain view; the layer keeps the state
     state = getattr(weight, 'quant_state', None)
     if state is None:
         state = layer.quant_state
-    out_dtype = dtype if state.dtype in (torch.float32, dtype) else state.dtype
-    kernel = _nf4_kernel_for(weight, state)
-    if kernel is not None:
-        out = kernel.dequantize_nf4(weight.data.reshape(-1).view(torch.uint8), state, out_dtype)
-        return out if out_dtype == dtype else out.to(dtype)
     absmax = state.absmax
     if state.nested:
         nested = state.state2
         absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax, nested.absmax, nested.code,
                                                                      nested.blocksize, torch.float32)
         absmax += state.offset
+    out_dtype = dtype if state.dtype in (torch.float32, dtype) else state.dtype
     out = torch.ops.bitsandbytes.dequantize_4bit.default(weight.data, absmax, state.blocksize, state.quant_type,
                                                          state.shape, out_dtype)
     return out if out_dtype == dtype else out.to(dtype)
-
-
-def _nf4_kernel_for(weight: Tensor, state):
-    """:mod:`.nf4_kernel` where it serves ``weight`` (CUDA, NF4, Triton installed, not inside torch.compile), or None.
-    """
-    if not (weight.is_cuda and state.quant_type == 'nf4') or torch.compiler.is_compiling():
-        return None
-    try:
-        from . import nf4_kernel
-    except ImportError:  # no Triton
-        return None
-    return nf4_kernel
 
 
 def _dequantize_8bit(layer: nn.Module, dtype: torch.dtype) -> Tensor:

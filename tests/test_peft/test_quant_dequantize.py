@@ -79,23 +79,6 @@ def test_4bit_dequantization_is_bit_identical_to_bnb_then_cast(quant_type, doubl
             assert torch.equal(_bits(got), _bits(expected)), (shape, dtype)
 
 
-@pytest.mark.parametrize('double_quant, state_dtype, layout',
-                         itertools.product((True, False), (None, torch.bfloat16),
-                                           ('uint8', 'fsdp-float32', 'fsdp-bfloat16')))
-def test_nf4_kernel_is_bit_identical_to_bnb_then_cast(monkeypatch, double_quant, state_dtype, layout):
-    """The Triton NF4 kernel that CUDA weights take, run here through Triton's interpreter (tests/conftest.py)."""
-    from opentad_lora.peft import nf4_kernel, quant
-    monkeypatch.setattr(quant, '_nf4_kernel_for', lambda weight, state: nf4_kernel)
-    storage = None if layout == 'uint8' else getattr(torch, layout.split('-')[1])
-    for shape in SHAPES:
-        layer = quantize_linear(_float_layer(*shape), 4, 'nf4', double_quant, state_dtype, storage)
-        layer = _fsdp_view(layer) if storage is not None else layer
-        for dtype in DTYPES:
-            expected, got = _old_4bit(layer, dtype), dequantize_weight(layer, dtype)
-            assert got.dtype == dtype and got.shape == shape
-            assert torch.equal(_bits(got), _bits(expected)), (shape, dtype)
-
-
 @pytest.mark.parametrize('dtype', DTYPES)
 def test_8bit_dequantization_is_bit_identical_to_the_cast_formula(dtype):
     layer = quantize_linear(_float_layer(40, 24), 8)
