@@ -3,8 +3,9 @@
 Prints one JSON line per case with the relative error ||fused - ref|| / ||ref|| of the output and of the gradients
 of x, A and B (the CPU tests check the same on CPU; this records what the GPU kernels give). Dropout cases draw
 torch's mask (``OPENTAD_LORA_DROPOUT_KERNEL=torch``, the reference's stream); the ``kernel`` cases compare the
-Triton dropout kernels with the reference maths on the kernels' own mask; the ``prologue`` cases compare the gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of
-the same layer applying it again in memory (same dropout seed).
+Triton dropout kernels with the reference maths on the kernels' own mask; the ``prologue`` cases compare the
+gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of the same layer
+applying it again in memory (same dropout seed).
 """
 import json
 import os
