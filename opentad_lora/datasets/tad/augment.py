@@ -286,17 +286,17 @@ def grayscale(planes: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def hue_table(factor: float) -> np.ndarray:
-    """3-channel ``cv2.LUT`` table adding ``int(factor * 255)`` to OpenCV's hue (0..179) modulo 180."""
-    table = np.repeat(np.arange(256, dtype=np.int64)[:, None], 3, axis=1)
-    table[:, 0] = (table[:, 0] + int(factor * 255)) % 180
-    return table.astype(np.uint8).reshape(256, 1, 3)
+    """``cv2.LUT`` table adding ``int(factor * 255)`` to OpenCV's hue (0..179) modulo 180."""
+    return ((np.arange(256) + int(factor * 255)) % 180).astype(np.uint8)
 
 
 def shift_hue(pixels: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``(N, H, W, 3)`` pixels with OpenCV's hue through ``table`` (:func:`hue_table`), into ``out``."""
+    """uint8 RGB ``(N, H, W, 3)`` pixels with OpenCV's hue through ``table`` (:func:`hue_table`), into ``out``.
+    The hue plane alone goes through the table (a 3-channel table is twice as slow)."""
     width = pixels.shape[2]
-    hsv = cv2.cvtColor(pixels.reshape(-1, width, 3), cv2.COLOR_RGB2HSV)
-    cv2.cvtColor(cv2.LUT(hsv, table, dst=hsv), cv2.COLOR_HSV2RGB, dst=out.reshape(-1, width, 3))
+    hue, saturation, value = cv2.split(cv2.cvtColor(pixels.reshape(-1, width, 3), cv2.COLOR_RGB2HSV))
+    hsv = cv2.merge([cv2.LUT(hue, table, dst=hue), saturation, value])
+    cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=out.reshape(-1, width, 3))
     return out
 
 
