@@ -112,6 +112,18 @@ class ActionFormerHead(nn.Module):
     def _points(self, feats: Sequence[Tensor]) -> Tensor:
         return torch.cat(self.prior_generator([x.shape[-1] for x in feats], feats[0].device))
 
+    def loss_inputs(self, feats: Sequence[Tensor], masks: Sequence[Tensor], gt_segments: Sequence[Tensor],
+                    gt_labels: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """Points, logits, offsets and valid mask over all levels, with each point's class and regression targets."""
+        logits, offsets = self(feats, masks)
+        points = self._points(feats)
+        targets = [assign_points(points, segs.to(points), labels.to(points.device), self.num_classes,
+                                 self.center_sample, self.center_sample_radius, self.filter_similar_gt)
+                   for segs, labels in zip(gt_segments, gt_labels)]
+        cls_targets = torch.stack([t[0] for t in targets])
+        reg_targets = torch.stack([t[1] for t in targets])
+        return (points, torch.cat(logits, 1), torch.cat(offsets, 1), torch.cat(masks, 1), cls_targets, reg_targets)
+
     def loss(self, feats: Sequence[Tensor], masks: Sequence[Tensor], gt_segments: Sequence[Tensor],
              gt_labels: Sequence[Tensor]) -> Dict[str, Tensor]:
         """Focal loss over valid points + DIoU loss of the positive points' segments, over the normaliser.
@@ -124,14 +136,8 @@ class ActionFormerHead(nn.Module):
             gt_segments: Per sample ``(K, 2)`` actions in finest-grid units.
             gt_labels: Per sample ``(K,)`` class indices.
         """
-        logits, offsets = self(feats, masks)
-        points = self._points(feats)
-        targets = [assign_points(points, segs.to(points), labels.to(points.device), self.num_classes,
-                                 self.center_sample, self.center_sample_radius, self.filter_similar_gt)
-                   for segs, labels in zip(gt_segments, gt_labels)]
-        cls_targets = torch.stack([t[0] for t in targets])
-        reg_targets = torch.stack([t[1] for t in targets])
-        logits, offsets, valid = torch.cat(logits, 1), torch.cat(offsets, 1), torch.cat(masks, 1)
+        points, logits, offsets, valid, cls_targets, reg_targets = self.loss_inputs(feats, masks, gt_segments,
+                                                                                     gt_labels)
         positive = (cls_targets.sum(-1) > 0) & valid
         num_pos = positive.sum().clamp_min(1)
         if self.training:

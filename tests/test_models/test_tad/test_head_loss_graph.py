@@ -23,14 +23,7 @@ def make_head(**kwargs) -> ActionFormerHead:
 def reference_loss(head: ActionFormerHead, feats: Sequence[Tensor], masks: Sequence[Tensor],
                    gt_segments: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> Dict[str, Tensor]:
     """The loss as it was computed before (boolean indexing, Python-int positives, ``.item()``): the reference."""
-    logits, offsets = head(feats, masks)
-    points = head._points(feats)
-    targets = [assign_points(points, segs.to(points), labels.to(points.device), head.num_classes,
-                             head.center_sample, head.center_sample_radius, head.filter_similar_gt)
-               for segs, labels in zip(gt_segments, gt_labels)]
-    cls_targets = torch.stack([t[0] for t in targets])
-    reg_targets = torch.stack([t[1] for t in targets])
-    logits, offsets, valid = torch.cat(logits, 1), torch.cat(offsets, 1), torch.cat(masks, 1)
+    points, logits, offsets, valid, cls_targets, reg_targets = head.loss_inputs(feats, masks, gt_segments, gt_labels)
     positive = (cls_targets.sum(-1) > 0) & valid
     num_pos = int(positive.sum())
     if head.training:
