@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's main job, end to end on CPU (2 min 44 s on 2 cores with .venv already there, see the README):
+# The README's main job, end to end on CPU (2 min 8 s on 2 cores with .venv already there, see the README):
 #   set up .venv -> write the synthetic THUMOS-format dataset (mp4 + JSON) -> fine-tune a VideoMAE-style backbone
 #   with QLoRA-4bit + AdaTAD adapters and an ActionFormer-style detector -> evaluate mAP with tools/test.py ->
 #   export the adapter (PEFT files) and a merged model with tools/merge_lora.py.
