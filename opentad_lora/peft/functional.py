@@ -128,7 +128,7 @@ class FusedLoRALinear(torch.autograd.Function):
         # Every operand is cast to the compute dtype explicitly, so autocast (if on) has nothing left to do here;
         # the body is kept short because eager LoRA steps are often bound by the host issuing kernels.
         autocast = torch.is_autocast_enabled(x.device.type)
-        dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        dtype = _compute_dtype(x)
         in_features = x.shape[-1]
         base_weight = dequantize(dtype) if dequantize is not None else _as(weight, dtype)
         bias_c = _as(bias, dtype) if bias is not None else None
@@ -172,11 +172,10 @@ class FusedLoRALinear(torch.autograd.Function):
         saved_input, xa, dropout_saved, base_weight, a_c, b_c, *fn_saved = ctx.saved_tensors
         scaling, dtype, dropout_p, x_shape, x_dtype, autocast, weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.meta
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        input_fn, source, way = ctx.input_fn, saved_input, ctx.dropout_way
+        input_fn, source, way, rank = ctx.input_fn, saved_input, ctx.dropout_way, xa.shape[-1]
         fn_aux = saved_aux(fn_saved, saved_input, autocast) if input_fn is not None else None
         prologue = None  # input_fn computed inside the dA kernel, from x: nothing applied again in memory
-        if input_fn is not None and way in (None, 'kernel') and not need_w and \
-                kernel_applies(saved_input.reshape(-1, saved_input.shape[-1]), xa.shape[-1]):
+        if input_fn is not None and way in (None, 'kernel') and not need_w and kernel_applies(saved_input, rank):
             prologue = kernel_prologue(input_fn, fn_aux)
         if input_fn is not None and prologue is None:  # forward's input_fn(x), again
             source, fn_aux = apply_input_fn(input_fn, saved_input, autocast)

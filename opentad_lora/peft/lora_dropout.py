@@ -30,17 +30,17 @@ def kernels():
     return dropout_kernels
 
 
-def kernel_applies(x2d: Tensor, rank: int) -> bool:
-    """Whether the Triton kernels serve this input: a CUDA tensor (or a CPU one with ``=interpret``), Triton
-    installed, fewer than 2**31 elements, rank <= 128, not inside ``torch.compile``."""
+def kernel_applies(x: Tensor, rank: int) -> bool:
+    """Whether the Triton kernels serve this input (any shape): a CUDA tensor (or a CPU one with ``=interpret``),
+    Triton installed, fewer than 2**31 elements, rank <= 128, not inside ``torch.compile``."""
     choice = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL', 'auto')
     if choice not in _CHOICES:
         raise ValueError(f'OPENTAD_LORA_DROPOUT_KERNEL={choice!r}: use one of {_CHOICES} (or leave it unset).')
-    if choice == 'torch' or x2d.numel() > _KERNEL_MAX_ELEMENTS or rank > 128:
+    if choice == 'torch' or x.numel() > _KERNEL_MAX_ELEMENTS or rank > 128:
         return False
     if torch.compiler.is_compiling():  # compiled steps: inductor fuses torch's dropout itself
         return False
-    on_device = x2d.device.type == 'cuda' or (x2d.device.type == 'cpu' and choice == 'interpret')
+    on_device = x.device.type == 'cuda' or (x.device.type == 'cpu' and choice == 'interpret')
     return on_device and kernels() is not None
 
 

@@ -3,6 +3,7 @@ from typing import Callable
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _saved_bytes(fn: Callable[[], object]) -> int:
@@ -21,3 +22,25 @@ def _saved_bytes(fn: Callable[[], object]) -> int:
 @pytest.fixture
 def saved_bytes() -> Callable[[Callable[[], object]], int]:
     return _saved_bytes
+
+
+class _OpLog(TorchDispatchMode):
+    """Records every op dispatched under it (those issued by the code run in it, not those inside a kernel):
+    ``ops`` their names, ``made`` ``(name, shape)`` of each tensor they return."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops, self.made = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.append(str(func))
+        if isinstance(out, torch.Tensor):
+            self.made.append((str(func), tuple(out.shape)))
+        return out
+
+
+@pytest.fixture
+def op_log() -> _OpLog:
+    """A fresh op recorder: ``with op_log as log: ...``."""
+    return _OpLog()

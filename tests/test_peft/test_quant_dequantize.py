@@ -9,25 +9,12 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from opentad_lora.peft import dequantize_weight, quantize_linear
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # a whole number of 64-blocks; a last partial block; an odd row length (bitsandbytes' generic CPU path)
 SHAPES = ((48, 64), (20, 30), (7, 9))
-
-
-class _OpLog(TorchDispatchMode):
-    """Records every op dispatched under it (those issued by the code run in it, not those inside a kernel)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -112,9 +99,9 @@ def test_8bit_scale_column_follows_the_scales():
     # before: cast weight, cast scales, divide, unsqueeze, multiply (6 with .data's detach)
     (8, {}, torch.bfloat16, ['aten.detach.default', 'aten.mul.Tensor']),
 ])
-def test_dequantize_weight_dispatches_few_ops(bits, kwargs, dtype, expected):
+def test_dequantize_weight_dispatches_few_ops(bits, kwargs, dtype, expected, op_log):
     layer = quantize_linear(nn.Linear(64, 64), bits, **kwargs)
     dequantize_weight(layer, dtype)  # builds the 8-bit scale column
-    with _OpLog() as log:
+    with op_log as log:
         dequantize_weight(layer, dtype)
     assert log.ops == expected
