@@ -110,12 +110,12 @@ def main() -> None:
                 model = build(mode, args.shape, args.rank, args.lora_dropout, gradient_checkpointing, device)
                 ids = torch.randint(0, SHAPES[args.shape]['vocab_size'], (args.batch, args.tokens), device=device)
                 seconds, peak = time_steps(model, ids, args.iters, args.warmup)
-                row.update(ms=round(seconds * 1e3, 1), peak_gib=round(peak, 2) if peak is not None else None)
+                row.update(ms=round(seconds * 1e3, 1), peak_gib=round(peak, 4) if peak is not None else None)
                 peer = rows.get(mode.replace('ours', 'peft'))
                 if mode.startswith('ours') and peer and 'ms' in peer:
                     row['time_vs_peft'] = round(row['ms'] / peer['ms'], 3)
                     if peak is not None:
-                        row['mem_vs_peft'] = round(peak / peer['peak_gib'], 3)
+                        row['mem_vs_peft'] = round(peak / peer['peak_gib'], 4)
             except Exception as err:  # one failing mode must not hide the others' numbers
                 row['error'] = f'{type(err).__name__}: {err}'[:300]
             del model

@@ -8,7 +8,10 @@ timm's ``VisionTransformer`` (as in shared/bench/anchor_lora_step.py) so PEFT an
     python benchmarks/lora_step.py --arch vit_b --batch 128
     python benchmarks/lora_step.py --arch vit_h --batch 64 --modes floor,full,peft_lora,ours_lora
 
-Prints one JSON line per mode; ``--cpu-smoke`` runs two tiny steps of every mode on CPU to check the script.
+A mode name ending in ``_compile`` is that mode under ``torch.compile``; ``_compile_cudagraphs`` adds
+``mode='reduce-overhead'`` (the step's kernels replayed as CUDA graphs, which removes the host's per-kernel cost).
+Prints one JSON line per mode as it finishes (ratios need ``floor``/``infer_base`` listed first); ``--cpu-smoke``
+runs two tiny steps of every mode on CPU to check the script.
 """
 import argparse
 import copy
@@ -30,7 +33,11 @@ ARCHS = {
 }
 TARGETS = ['qkv', 'proj', 'fc1', 'fc2']
 MODES = ('floor', 'full', 'peft_lora', 'peft_qlora4', 'ours_lora', 'ours_lora_unfused', 'ours_qlora4',
-         'ours_qlora8', 'ours_lora_compile', 'infer_base', 'infer_merged')
+         'ours_qlora8', 'ours_lora_compile', 'ours_lora_compile_cudagraphs', 'ours_qlora4_compile',
+         'infer_base', 'infer_merged')
+# A mode ending in one of these is the mode before it, torch.compile-d with these keyword arguments
+# ('reduce-overhead' replays the step's kernels as CUDA graphs: no host cost per kernel)
+COMPILE_SUFFIXES = {'_compile_cudagraphs': dict(mode='reduce-overhead'), '_compile': {}}
 
 
 def build(arch: str) -> nn.Module:
@@ -60,6 +67,9 @@ def _peft_qlora_swap(model: nn.Module) -> None:
 
 def prepare(mode: str, model: nn.Module, rank: int, device: str) -> nn.Module:
     """Turn a fresh float model into the model of ``mode`` on ``device``."""
+    for suffix, compile_kwargs in COMPILE_SUFFIXES.items():
+        if mode.endswith(suffix):
+            return torch.compile(prepare(mode[:-len(suffix)], model, rank, device), **compile_kwargs)
     lora = dict(r=rank, alpha=2 * rank, targets=TARGETS)  # as PEFT's list: also the patch-embedding conv 'proj'
     if mode in ('floor', 'infer_base'):
         return model.to(device).requires_grad_(False)
@@ -87,8 +97,6 @@ def prepare(mode: str, model: nn.Module, rank: int, device: str) -> nn.Module:
                 if 'lora_B' in name:
                     param.normal_(0, 0.01)
         model = merge_and_unload(model).requires_grad_(False)
-    if mode == 'ours_lora_compile':
-        model = torch.compile(model)
     return model
 
 
@@ -111,7 +119,7 @@ def main() -> None:
     height, width = size if isinstance(size, tuple) else (size, size)
     torch.manual_seed(0)
     reference = build(args.arch)
-    results = {}
+    baselines = {}  # 'floor' and 'infer_base' ms, for the ratios of the modes after them
     for mode in args.modes.split(','):
         torch.manual_seed(0)
         if device == 'cuda':
@@ -120,21 +128,20 @@ def main() -> None:
         try:
             model = prepare(mode, copy.deepcopy(reference), args.rank, device)
             seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not mode.startswith('infer'))
-            results[mode] = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2) if peak is not None else None,
-                                 trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+            row = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2) if peak is not None else None,
+                       trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+            if mode in ('floor', 'infer_base'):
+                baselines[mode] = row['ms']
+            base = baselines.get('infer_base' if mode.startswith('infer') else 'floor')
+            if base:
+                row['ratio'] = round(row['ms'] / base, 3)
         except Exception as err:  # one failing mode must not hide the others' numbers
-            results[mode] = dict(error=f'{type(err).__name__}: {err}'[:300])
+            row = dict(error=f'{type(err).__name__}: {err}'[:300])
         model = None
-    floor = results.get('floor', {}).get('ms')
-    infer = results.get('infer_base', {}).get('ms')
-    for mode, row in results.items():
-        base = infer if mode.startswith('infer') else floor
-        if base and 'ms' in row:
-            row['ratio'] = round(row['ms'] / base, 3)
+        # printed as soon as measured: a run cut short by a time limit keeps the modes it finished
         print(json.dumps(dict(mode=mode, arch=args.arch, batch=args.batch, rank=args.rank, **row,
                               gpu=torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
                               torch=torch.__version__)), flush=True)
-
 
 if __name__ == '__main__':
     main()
