@@ -6,26 +6,18 @@ parameters (none for the frozen floor, whose input requires grad instead); an in
 """
 import statistics
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
 
-def time_steps(model: nn.Module, x: torch.Tensor, iters: int, warmup: int,
-               train: bool = True) -> Tuple[float, Optional[float]]:
-    """``(median seconds per step, peak GiB since the first step or None on CPU)``."""
-    cuda = x.is_cuda
+def make_step(model: nn.Module, x: torch.Tensor, train: bool = True) -> Callable[[], None]:
+    """One step of ``model`` on ``x`` as a closure, with its own AdamW over the trainable parameters (no sync)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4) if params and train else None
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(warmup + iters):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16), torch.set_grad_enabled(train):
             out = model(x)
         if train:
@@ -33,9 +25,27 @@ def time_steps(model: nn.Module, x: torch.Tensor, iters: int, warmup: int,
             if optimizer is not None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_steps(model: nn.Module, x: torch.Tensor, iters: int, warmup: int,
+               train: bool = True) -> Tuple[float, Optional[float]]:
+    """``(median seconds per step, peak GiB since the first step or None on CPU)``."""
+    cuda = x.is_cuda
+    step = make_step(model, x, train)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for index in range(warmup + iters):
         if cuda:
             torch.cuda.synchronize()
-        if step >= warmup:
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if index >= warmup:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     return statistics.median(times), peak
