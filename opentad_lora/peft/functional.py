@@ -16,7 +16,8 @@ cuBLAS GEMM with ``K + r`` instead of ``K`` then writes the output once, where a
 writes the whole output again. The concatenation costs one copy of ``x`` (or ``dy``), so it is used where the
 output is at least twice as wide as that operand; otherwise the low-rank product is ``addmm_``-ed into the output.
 An input that needs a cast anyway (float32 under autocast, e.g. a LayerNorm's output) is cast straight into the
-concatenated operand, so there the concatenation costs nothing.
+concatenated operand, and so is a weight that needs one (float32 frozen weights under autocast) together with
+``s B``: there the concatenations cost nothing.
 Both forms issue about as many host-side operations as each other, which matters as much as GPU time: eager LoRA
 steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 
@@ -62,6 +63,16 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return x.dtype
+
+
+def _scaled(tensor: Tensor, scaling: float, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
+    """``(tensor * scaling).to(dtype)`` as ONE kernel (into ``out`` if given): the product is rounded to the
+    common dtype and cast on store, the same values as the two ops (tested), one launch fewer on a host-bound step."""
+    if out is None and tensor.dtype == dtype:
+        return tensor * scaling
+    if out is None:
+        out = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
+    return torch.mul(tensor, scaling, out=out)
 
 
 def _as(tensor: Tensor, dtype: torch.dtype) -> Tensor:
@@ -129,14 +140,21 @@ class FusedLoRALinear(torch.autograd.Function):
         # the body is kept short because eager LoRA steps are often bound by the host issuing kernels.
         autocast = torch.is_autocast_enabled(x.device.type)
         dtype = _compute_dtype(x)
-        in_features = x.shape[-1]
-        base_weight = dequantize(dtype) if dequantize is not None else _as(weight, dtype)
+        in_features, (out_features, rank) = x.shape[-1], lora_b.shape
+        wide = out_features >= 2 * in_features  # the output is the widest tensor: [x | xa] @ [W | sB].T
+        weight_cat = None  # [W | sB], when the cast weight can be written straight into it
+        if wide and dequantize is None and weight.dtype != dtype:
+            weight_cat = torch.empty(out_features, in_features + rank, dtype=dtype, device=weight.device)
+            base_weight = weight_cat[:, :in_features].copy_(weight)
+        else:
+            base_weight = dequantize(dtype) if dequantize is not None else _as(weight, dtype)
+        # B is scaled once, here, for both passes (in place in [W | sB] if that exists: no torch.cat of W)
+        b_c = _scaled(lora_b, scaling, dtype, None if weight_cat is None else weight_cat[:, in_features:])
         bias_c = _as(bias, dtype) if bias is not None else None
-        a_c, b_c = _as(lora_a, dtype), _as(lora_b * scaling, dtype)  # B is scaled once, here, for both passes
+        a_c = _as(lora_a, dtype)
         # The input in the compute dtype, in x's own layout: dropout draws its mask in that layout (the reference's
         # and PEFT's stream), and a contiguous x of that dtype is saved as is, shared with every layer reading it.
-        dropout, rank = dropout_p > 0.0 and training, lora_a.shape[0]
-        wide = base_weight.shape[0] >= 2 * in_features  # the output is the widest tensor: [x | xa] @ [W | sB].T
+        dropout = dropout_p > 0.0 and training
         # A cast input of a wide layer is cast straight into the [x | xa] operand (torch's dropout needs it alone)
         spare = rank if wide and (not dropout or kernel_applies(x, rank)) else 0
         fn_saved = ()
@@ -156,7 +174,9 @@ class FusedLoRALinear(torch.autograd.Function):
                 operand = torch.cat([x2d, xa], dim=1)
             else:
                 operand[:, in_features:].copy_(xa)
-            out = F.linear(operand, torch.cat([base_weight, b_c], dim=1), bias_c)
+            if weight_cat is None:
+                weight_cat = torch.cat([base_weight, b_c], dim=1)
+            out = F.linear(operand, weight_cat, bias_c)
         else:
             out = F.linear(x2d, base_weight, bias_c).addmm_(xa, b_c.t())
         kept_weight = base_weight if dequantize is None or keep_dequantized else None
@@ -215,7 +235,7 @@ class FusedLoRALinear(torch.autograd.Function):
         if need_bias:
             grad_b = dy.sum(0).to(bias_dtype)
         if need_b:
-            grad_bb = _as((dy.t() @ xa).mul_(scaling), b_dtype)
+            grad_bb = _scaled(dy.t() @ xa, scaling, b_dtype)
         return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None, None, None
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from opentad_lora.peft import functional as LF
-from opentad_lora.peft.functional import FusedLoRALinear, lora_linear, lora_linear_reference
+from opentad_lora.peft.functional import FusedLoRALinear, _scaled, lora_linear, lora_linear_reference
 
 
 def _inputs(dtype=torch.float32, bias=True, train_base=False, transposed=False):
@@ -134,6 +134,34 @@ def test_wide_layer_casts_its_input_straight_into_the_concatenated_operand(op_lo
     assert full_copies == ['aten.copy_.default'] and ('aten.cat.default', (21, 20)) not in log.made, log.made
     torch.testing.assert_close(out, lora_linear_reference(*[t.bfloat16() if t is not None else t for t in tensors],
                                                           scaling=0.5), rtol=1e-2, atol=1e-1)
+
+
+VIEW_OPS = ('aten.empty.', 'aten.slice.', 'aten.view.', 'aten.t.', 'aten._unsafe_view.', 'aten.reshape.')
+
+
+def test_wide_layer_casts_its_weight_and_scaled_b_straight_into_the_concatenated_weight(op_log):
+    """Under autocast a float32 frozen weight is cast straight into ``[W | sB]`` and ``sB`` is scaled and cast by
+    one op into it: no bf16 copy of W for ``torch.cat`` to copy again, no separate cast of ``sB``. Seven kernels per
+    forward (casts of W, sB, A and x, ``x A.T``, its copy into ``[x | xA]``, the GEMM) where there were nine."""
+    x, weight, lora_a, lora_b = torch.randn(3, 7, 16), torch.randn(40, 16), torch.randn(4, 16), torch.randn(40, 4)
+    with torch.autocast('cpu', dtype=torch.bfloat16), op_log as log:
+        out = FusedLoRALinear.apply(x, weight, None, lora_a, lora_b, 0.5, 0.0, True)
+    kernels = [name for name in log.ops if not name.startswith(VIEW_OPS)]
+    assert len(kernels) == 7 and not any('cat' in name for name in kernels), kernels
+    expected = torch.cat([x.reshape(21, 16).bfloat16(), x.reshape(21, 16).bfloat16() @ lora_a.bfloat16().t()], 1) @ \
+        torch.cat([weight.bfloat16(), (lora_b * 0.5).bfloat16()], 1).t()
+    assert torch.equal(out.reshape(21, 40), expected)  # the same operands, bit for bit
+
+
+@pytest.mark.parametrize('source,target', [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                           (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
+@pytest.mark.parametrize('scaling', [2.0, 0.1, 1.7])
+def test_scaled_is_the_product_then_the_cast(source, target, scaling):
+    tensor = (torch.randn(30, 17) * 10).to(source)
+    assert torch.equal(_scaled(tensor, scaling, target), (tensor * scaling).to(target))
+    buffer = torch.zeros(30, 20, dtype=target)
+    into = _scaled(tensor, scaling, target, out=buffer[:, 3:])
+    assert into.data_ptr() == buffer[:, 3:].data_ptr() and torch.equal(buffer[:, 3:], (tensor * scaling).to(target))
 
 
 @pytest.mark.parametrize('out_features', [12, 40])
