@@ -8,7 +8,8 @@ default, r16 on q/k/v/o/gate/up/down. Modes, all in ONE process on the same GPU:
   ``BitsAndBytesConfig(load_in_4bit, nf4, double quant, bf16 compute)`` would build them.
 
 Step = causal-LM loss on ``--batch`` x ``--tokens`` random tokens + backward + AdamW (median of ``--iters`` after
-``--warmup``), peak memory from ``torch.cuda.max_memory_allocated``; each mode with and without transformers'
+``--warmup``), peak memory from ``torch.cuda.max_memory_allocated`` (whole allocator blocks) and the peak of
+requested bytes (``requested_peak_gib``, without the allocator's rounding); each mode with and without transformers'
 gradient checkpointing (non-reentrant). One JSON line per (mode, checkpointing), with ratios to PEFT's same mode.
 
     python benchmarks/llm_step.py                                  # Qwen2-1.5B shape, 2 x 1024 tokens
@@ -111,6 +112,8 @@ def main() -> None:
                 ids = torch.randint(0, SHAPES[args.shape]['vocab_size'], (args.batch, args.tokens), device=device)
                 seconds, peak = time_steps(model, ids, args.iters, args.warmup)
                 row.update(ms=round(seconds * 1e3, 1), peak_gib=round(peak, 4) if peak is not None else None)
+                if device == 'cuda':  # bytes asked for, without the caching allocator's block rounding
+                    row['requested_peak_gib'] = round(torch.cuda.memory_stats()['requested_bytes.all.peak'] / 2**30, 4)
                 peer = rows.get(mode.replace('ours', 'peft'))
                 if mode.startswith('ours') and peer and 'ms' in peer:
                     row['time_vs_peft'] = round(row['ms'] / peer['ms'], 3)
