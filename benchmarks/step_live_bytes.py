@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llm_step  # noqa: E402  (this folder)
+from step_timer import step_loss  # noqa: E402
 
 Label = Tuple[str, Tuple[int, ...], str, str, str]  # op, shape, dtype, phase, module
 
@@ -96,10 +97,9 @@ def measure(model: nn.Module, ids: torch.Tensor) -> LiveBytes:
              nn.modules.module.register_module_forward_hook(lambda m, a, o: tracker.exit_module(names.get(m, '')))]
     try:
         with tracker:
-            with torch.autocast(ids.device.type, dtype=torch.bfloat16):
-                out = model(ids)
+            loss = step_loss(model, ids)
             tracker.phase, tracker.modules = 'bwd', []
-            out.float().square().mean().backward()
+            loss.backward()
     finally:
         for hook in hooks:
             hook.remove()

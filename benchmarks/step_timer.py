@@ -12,19 +12,27 @@ import torch
 from torch import nn
 
 
+def step_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The loss every training step here backpropagates: mean square of the bf16-autocast output."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        out = model(x)
+    return out.float().square().mean()
+
+
 def make_step(model: nn.Module, x: torch.Tensor, train: bool = True) -> Callable[[], None]:
     """One step of ``model`` on ``x`` as a closure, with its own AdamW over the trainable parameters (no sync)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4) if params and train else None
 
     def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16), torch.set_grad_enabled(train):
-            out = model(x)
-        if train:
-            out.float().square().mean().backward()
-            if optimizer is not None:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        if not train:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16), torch.no_grad():
+                model(x)
+            return
+        step_loss(model, x).backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     return step
 
