@@ -3,9 +3,10 @@
 Prints one JSON line per case with the relative error ||fused - ref|| / ||ref|| of the output and of the gradients
 of x, A and B (the CPU tests check the same on CPU; this records what the GPU kernels give). Dropout cases draw
 torch's mask (``OPENTAD_LORA_DROPOUT_KERNEL=torch``, the reference's stream); the ``kernel`` cases compare the
-Triton dropout kernels with the reference maths on the kernels' own mask; the ``prologue`` cases compare the
+Triton dropout kernels with the reference maths on the kernels' own mask; the ``kernel_prologue`` cases compare the
 gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of the same layer
-applying it again in memory (same dropout seed).
+applying it again in memory (same dropout seed); the ``_norm_args`` cases a wide layer whose LayerNorm the norm kernel
+writes into its operand with the same layer using torch's norm and a cast.
 """
 import json
 import os
@@ -74,7 +75,8 @@ def run_kernel_case(autocast: bool, features=(1024, 4096), rows: int = 1576, p: 
                 grad_A=rel(got[1], want[1]), grad_B=rel(got[2], want[2]))
 
 
-def run_prologue_case(name: str, autocast: bool, p: float, features=(1024, 4096), rows: int = 1576) -> dict:
+def run_switch_case(switch: str, name: str, autocast: bool, p: float, features=(1024, 4096), rows: int = 1576) -> dict:
+    """The layer with ``LF.<switch>`` as it is, against the same layer with it returning None (the torch way)."""
     torch.manual_seed(0)
     fn = torch.nn.LayerNorm(features[0]).cuda() if name == 'layernorm' else torch.nn.GELU()
     for param in fn.parameters():
@@ -88,17 +90,17 @@ def run_prologue_case(name: str, autocast: bool, p: float, features=(1024, 4096)
         torch.manual_seed(5)
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
             out = LF.lora_linear(x, weight, None, lora_a, lora_b, 2.0, p, True, input_fn=fn)
-        return torch.autograd.grad(out.float().square().mean(), (x, lora_a, lora_b))
+        return (out, *torch.autograd.grad(out.float().square().mean(), (x, lora_a, lora_b)))
 
     inside = grads()
-    prologue = LF.kernel_prologue
-    LF.kernel_prologue = lambda *args: None
+    kept = getattr(LF, switch)
+    setattr(LF, switch, lambda *args: None)
     try:
         again = grads()
     finally:
-        LF.kernel_prologue = prologue
-    return dict(path='prologue', fn=name, autocast=autocast, dropout=p, grad_x=rel(inside[0], again[0]),
-                grad_A=rel(inside[1], again[1]), grad_B=rel(inside[2], again[2]))
+        setattr(LF, switch, kept)
+    return dict(path=switch, fn=name, autocast=autocast, dropout=p, out=rel(inside[0], again[0]),
+                grad_x=rel(inside[1], again[1]), grad_A=rel(inside[2], again[2]), grad_B=rel(inside[3], again[3]))
 
 
 if __name__ == '__main__':
@@ -107,7 +109,9 @@ if __name__ == '__main__':
     for name in ('layernorm', 'gelu'):
         for autocast in (False, True):
             for p in (0.0, 0.1):
-                print(json.dumps(run_prologue_case(name, autocast, p)), flush=True)
+                print(json.dumps(run_switch_case('kernel_prologue', name, autocast, p)), flush=True)
+                if name == 'layernorm':  # the wide layer's operand from the norm kernel, against torch's norm
+                    print(json.dumps(run_switch_case('_norm_args', name, autocast, p)), flush=True)
     for features in ((1024, 4096), (4096, 1024)):
         for autocast in (False, True):
             print(json.dumps(run_kernel_case(autocast, features)), flush=True)

@@ -9,6 +9,10 @@ step (benchmarks/RESULTS.md). These kernels compute the three products that need
   results only;
 * ``dx += mask * (g @ A) / (1 - p)`` adds the low-rank part of the input gradient in place, tile by tile.
 
+``norm_xa`` applies a wide layer's LayerNorm input function and writes ``[norm(x) | dropout(norm(x)) @ A.T]``, the
+K-concatenated operand of its GEMM, in one pass (with or without dropout): torch would write the norm in float32
+under autocast, cast it into the operand, and read it again for ``xa``.
+
 ``dA`` also serves layers without dropout that apply their input function (:mod:`.input_fn`): it computes a
 LayerNorm or GELU of the saved input in registers (a :class:`.input_fn.Prologue`), where backward would otherwise
 write that function's output (float32 for a LayerNorm under autocast), cast it and read it back: on AdaTAD's blocks
@@ -21,7 +25,7 @@ the distribution of ``torch.nn.functional.dropout``'s but other numbers; the CPU
 numbers). Tests run these kernels on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``) against plain torch maths on :func:`keep_mask`.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -128,8 +132,8 @@ def _grad_a_kernel(g_ptr, x_ptr, out_ptr, seed_ptr, mean_ptr, rstd_ptr, w_ptr, b
 
 
 @triton.jit
-def _add_grad_x_kernel(dx_ptr, g_ptr, a_ptr, seed_ptr, N, K, KG, R, threshold, scale,
-                       RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+def _add_grad_x_kernel(dx_ptr, g_ptr, a_ptr, seed_ptr, h_ptr, N, K, KG, R, threshold, scale,
+                       RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, GELU: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * 64
     cols = k0 + tl.arange(0, 64)
@@ -142,8 +146,63 @@ def _add_grad_x_kernel(dx_ptr, g_ptr, a_ptr, seed_ptr, N, K, KG, R, threshold, s
     low_rank = tl.where(keep, _dot(g, a, IEEE) * scale, 0.0)
     inside = (rows[:, None] < N) & (cols[None, :] < K)
     offsets = rows[:, None] * K + cols[None, :]
-    dx = tl.load(dx_ptr + offsets, mask=inside, other=0.0)
-    tl.store(dx_ptr + offsets, (dx.to(tl.float32) + low_rank).to(dx_ptr.dtype.element_ty), mask=inside)
+    dx = tl.load(dx_ptr + offsets, mask=inside, other=0.0).to(tl.float32) + low_rank
+    if GELU:  # then the exact GELU's backward at its input h, as torch computes it from the rounded sum
+        dx = _to_element(dx, dx_ptr.dtype.element_ty).to(tl.float32)
+        h = tl.load(h_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.erf(h * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * h * h) * 0.3989422804014327  # 1 / sqrt(2 pi)
+        dx = dx * (cdf + h * pdf)
+    tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _norm_xa_kernel(x_ptr, w_ptr, b_ptr, a_ptr, seed_ptr, op_ptr, xa_ptr, mean_ptr, rstd_ptr, N, K, SX, SO, KG, R,
+                    threshold, scale, eps, RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                    DROPOUT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ranks = tl.arange(0, RP)
+    # Pass 1: each row's mean and sum of squared deviations, tile by tile, merged as Chan et al. (stable, one read)
+    mean = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(0, K, 64):
+        cols = k0 + tl.arange(0, 64)
+        inside = (rows[:, None] < N) & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        count = tl.sum((cols < K).to(tl.float32), 0)
+        tile_mean = tl.sum(x, 1) / count
+        deviation = tl.where(inside, x - tile_mean[:, None], 0.0)
+        delta = tile_mean - mean
+        seen = k0 * 1.0
+        mean += delta * (count / (seen + count))
+        m2 += tl.sum(deviation * deviation, 1) + delta * delta * (seen * count / (seen + count))
+    rstd = 1.0 / tl.sqrt(m2 / K + eps)
+    tl.store(mean_ptr + rows, mean, mask=rows < N)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < N)
+    # Pass 2: the normalised rows, stored in the operand's dtype, and their rank-r product with A
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    acc = tl.zeros((BLOCK_N, RP), dtype=tl.float32)
+    for k0 in range(0, K, 64):
+        cols = k0 + tl.arange(0, 64)
+        inside = (rows[:, None] < N) & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0)
+        y = rstd[:, None] * (x.to(tl.float32) - mean[:, None])  # as the dA kernel's prologue computes it
+        if HAS_W:
+            y = tl.load(w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :] * y
+        if HAS_B:
+            y = y + tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
+        y = _to_element(y, op_ptr.dtype.element_ty)  # beyond K, A's tile is zero; beyond N, nothing is stored
+        tl.store(op_ptr + rows[:, None] * SO + cols[None, :], y, mask=inside)
+        if DROPOUT:
+            y = tl.where(_keep(seed, rows, k0, KG, threshold, BLOCK_N), y, 0.0)
+        a = tl.load(a_ptr + ranks[None, :] * K + cols[:, None], mask=(cols[:, None] < K) & (ranks[None, :] < R),
+                    other=0.0)  # A.T tile (64, RP)
+        acc += _dot(y, a, IEEE)
+    xa = (acc * scale).to(op_ptr.dtype.element_ty)
+    inside = (rows[:, None] < N) & (ranks[None, :] < R)
+    tl.store(xa_ptr + rows[:, None] * R + ranks[None, :], xa, mask=inside)
+    tl.store(op_ptr + rows[:, None] * SO + K + ranks[None, :], xa, mask=inside)
 
 
 @triton.jit
@@ -154,6 +213,12 @@ def _mask_kernel(out_ptr, seed_ptr, N, K, KG, threshold, BLOCK_N: tl.constexpr):
     keep = _keep(tl.load(seed_ptr), rows, k0, KG, threshold, BLOCK_N)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], keep.to(tl.int8),
              mask=(rows[:, None] < N) & (cols[None, :] < K))
+
+
+def new_seed(device: torch.device) -> Tensor:
+    """The Philox seed of one layer's mask, drawn from torch's generator on ``device`` (no host sync); activation
+    checkpointing restores that generator, so a recomputed forward draws the same seed."""
+    return torch.randint(0, 2 ** 31 - 1, (1,), device=device, dtype=torch.int64)
 
 
 def _padded_rank(rank: int) -> int:
@@ -197,14 +262,46 @@ def grad_a(g: Tensor, x2d: Tensor, seed: Optional[Tensor], p: float, prologue: O
     return partial.sum(0)[:rank]
 
 
-def add_dropout_grad_x(grad_x: Tensor, g: Tensor, lora_a: Tensor, seed: Tensor, p: float) -> Tensor:
-    """``grad_x += (dropout mask) * (g @ A) / (1 - p)`` in place, for a contiguous ``(N, K)`` ``grad_x``."""
+def norm_xa(x2d: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, lora_a: Tensor,
+            seed: Optional[Tensor], p: float, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A LayerNorm of the ``(N, K)`` ``x2d`` and its LoRA product in one pass: ``[y | xa]`` (``(N, K + r)`` in
+    ``dtype``, the K-concatenated operand of a wide layer), ``xa = dropout(y) @ A.T`` (``(N, r)``, the mask of
+    :func:`dropout_xa` for ``seed``; no dropout when None), and the float32 per-row ``mean`` and ``rstd``.
+
+    ``y`` is computed in float32 as ``rstd * (x - mean) * weight + bias`` and rounded once to ``dtype``, where
+    torch writes a float32 norm (under autocast), casts it, and the layer then reads it again for ``xa``. The
+    statistics are this kernel's own (a stable merge of per-tile moments, not torch's Welford order), within float32
+    rounding of torch's; backward uses them, so forward and backward see the same norm."""
+    n, width = x2d.shape
+    rank = lora_a.shape[0]
+    operand = torch.empty(n, width + rank, device=x2d.device, dtype=dtype)
+    xa = torch.empty(n, rank, device=x2d.device, dtype=dtype)
+    mean = torch.empty(n, device=x2d.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    words, threshold, scale = _launch_args(width, p) if seed is not None else (0, 0, 1.0)
+    unused = mean  # pointers the kernel does not read in this configuration
+    _norm_xa_kernel[(triton.cdiv(n, 32),)](
+        x2d, *(unused if t is None else t for t in (weight, bias)), lora_a.contiguous(),
+        unused if seed is None else seed, operand, xa, mean, rstd, n, width, x2d.stride(0), operand.stride(0), words,
+        rank, threshold, scale, eps, RP=_padded_rank(rank), BLOCK_N=32, IEEE=dtype == torch.float32,
+        DROPOUT=seed is not None, HAS_W=weight is not None, HAS_B=bias is not None)
+    return operand, xa, mean, rstd
+
+
+def add_dropout_grad_x(grad_x: Tensor, g: Tensor, lora_a: Tensor, seed: Tensor, p: float,
+                       gelu_input: Optional[Tensor] = None) -> Tensor:
+    """``grad_x += (dropout mask) * (g @ A) / (1 - p)`` in place, for a contiguous ``(N, K)`` ``grad_x``.
+
+    With ``gelu_input`` (``h``, contiguous, ``grad_x``'s shape and dtype: the layer's input function was an exact
+    GELU of ``h``) the result is the gradient of ``h`` instead, ``gelu_backward(grad_x + ..., h)``, in the same pass:
+    two passes over the ``(N, K)`` gradient fewer than a separate ``gelu_backward``."""
     n, width = grad_x.shape
     rank = g.shape[1]
     words, threshold, scale = _launch_args(width, p)
     _add_grad_x_kernel[(triton.cdiv(n, 64), triton.cdiv(width, TILE_K))](
-        grad_x, g.contiguous(), lora_a.contiguous(), seed, n, width, words, rank, threshold, scale,
-        RP=_padded_rank(rank), BLOCK_N=64, IEEE=grad_x.dtype == torch.float32)
+        grad_x, g.contiguous(), lora_a.contiguous(), seed, grad_x if gelu_input is None else gelu_input, n, width,
+        words, rank, threshold, scale, RP=_padded_rank(rank), BLOCK_N=64, IEEE=grad_x.dtype == torch.float32,
+        GELU=gelu_input is not None)
     return grad_x
 
 

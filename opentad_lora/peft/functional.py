@@ -17,7 +17,9 @@ writes the whole output again. The concatenation costs one copy of ``x`` (or ``d
 output is at least twice as wide as that operand; otherwise the low-rank product is ``addmm_``-ed into the output.
 An input that needs a cast anyway (float32 under autocast, e.g. a LayerNorm's output) is cast straight into the
 concatenated operand, and so is a weight that needs one (float32 frozen weights under autocast) together with
-``s B``: there the concatenations cost nothing.
+``s B``: there the concatenations cost nothing. A wide layer whose input function is a LayerNorm (``qkv``/``fc1``
+after the block's norms) goes one step further on the kernels' devices: one Triton kernel applies the norm and
+writes ``[norm(x) | xA]`` in the compute dtype (:func:`_norm_operand`), so the float32 norm is never written.
 Both forms issue about as many host-side operations as each other, which matters as much as GPU time: eager LoRA
 steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 
@@ -38,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .input_fn import apply_input_fn, aux_to_save, input_fn_backward, kernel_prologue, saved_aux
+from .input_fn import (apply_input_fn, aux_to_save, input_fn_backward, kernel_prologue, layer_norm_args,
+                       saved_aux)
 from .lora_dropout import dropout_forward, dropout_grad_a, dropout_grad_x, kernel_applies, kernels
 
 
@@ -119,6 +122,36 @@ def _cast(x: Tensor, dtype: torch.dtype, spare: int = 0) -> Tuple[Tensor, Option
 _cast_once = _CastCache()
 
 
+def _norm_args(input_fn: nn.Module, weight: Optional[Tensor], x: Tensor, rank: int,
+               autocast: bool) -> Optional[Tuple[Optional[Tensor], Optional[Tensor], float]]:
+    """A wide layer's LayerNorm input function's ``(weight, bias, eps)`` where :func:`_norm_operand` applies it: on
+    the Triton kernels' devices, with a frozen base (a trainable one needs the norm's output for its gradient)."""
+    if weight is not None and weight.requires_grad or not kernel_applies(x, rank):
+        return None
+    return layer_norm_args(input_fn, x, autocast)
+
+
+def _gelu_in_kernel(input_fn: Optional[nn.Module], x: Tensor, dtype: torch.dtype) -> bool:
+    """Whether the dropout kernel that adds the low-rank input gradient also applies the input function's backward:
+    an exact GELU of a contiguous input in the compute dtype (``fc2`` after ``gelu(fc1(x))``)."""
+    return type(input_fn) is nn.GELU and input_fn.approximate == 'none' and x.dtype == dtype and x.is_contiguous()
+
+
+def _norm_operand(x: Tensor, norm: Tuple[Optional[Tensor], Optional[Tensor], float], lora_a: Tensor, dropout_p: float,
+                  dtype: torch.dtype) -> Tuple[Tensor, Tensor, Optional[str], Optional[Tensor], Tuple[Tensor, ...]]:
+    """``[norm(x) | xa]`` written by one kernel (:func:`.dropout_kernels.norm_xa`), where torch would write the norm
+    in float32 (autocast), cast it into the operand and read it again for ``xa``: on AdaTAD's long-video blocks
+    those passes over the widest activations cost more than the norm itself. Returns the operand, ``xa``, the
+    dropout way and seed (``'kernel'``, or None without dropout) and the statistics backward needs (shaped as
+    torch's)."""
+    seed = kernels().new_seed(x.device) if dropout_p else None
+    x2d = x.reshape(-1, x.shape[-1])
+    operand, xa, mean, rstd = kernels().norm_xa(x2d if x2d.stride(-1) == 1 else x2d.contiguous(), *norm, lora_a,
+                                                seed, dropout_p, dtype)
+    stats = tuple(t.view(*x.shape[:-1], 1) for t in (mean, rstd))
+    return operand, xa, None if seed is None else 'kernel', seed, stats
+
+
 class FusedLoRALinear(torch.autograd.Function):
     """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward.
 
@@ -157,22 +190,28 @@ class FusedLoRALinear(torch.autograd.Function):
         dropout = dropout_p > 0.0 and training
         # A cast input of a wide layer is cast straight into the [x | xa] operand (torch's dropout needs it alone)
         spare = rank if wide and (not dropout or kernel_applies(x, rank)) else 0
-        fn_saved = ()
-        if input_fn is None:
+        fn_saved, dropout_way, dropout_saved = (), None, None
+        norm = _norm_args(input_fn, weight, x, rank, autocast) if spare and input_fn is not None else None
+        if norm is not None:  # [norm(x) | xa] from one kernel
+            operand, xa, dropout_way, dropout_saved, fn_saved = _norm_operand(x, norm, a_c, dropout_p if dropout
+                                                                              else 0.0, dtype)
+            source = operand[:, :in_features]
+        elif input_fn is None:
             source, operand = _cast_once(x, dtype, spare)
         else:
             source, fn_aux = apply_input_fn(input_fn, x, autocast)
             (source, operand), fn_saved = _cast(source, dtype, spare), aux_to_save(input_fn, fn_aux)
         x2d = source.reshape(-1, in_features)
-        dropout_way, dropout_saved = None, None
-        if dropout:
+        if norm is not None:
+            pass
+        elif dropout:
             xa, dropout_way, dropout_saved = dropout_forward(source, a_c, dropout_p)
         else:
             xa = x2d @ a_c.t()  # (N, r): the only extra activation LoRA keeps
         if wide:
             if operand is None:
                 operand = torch.cat([x2d, xa], dim=1)
-            else:
+            elif norm is None:
                 operand[:, in_features:].copy_(xa)
             if weight_cat is None:
                 weight_cat = torch.cat([base_weight, b_c], dim=1)
@@ -218,7 +257,11 @@ class FusedLoRALinear(torch.autograd.Function):
         if need_w:  # a trainable base never meets dropout here (see can_fuse)
             grad_w = (dy.t() @ x2d).to(weight_dtype)
         del source, x2d  # frees input_fn's recomputed output before dx is made
-        if need_x and way is not None:
+        gelu_in_kernel = need_x and way == 'kernel' and _gelu_in_kernel(input_fn, saved_input, dtype)
+        if gelu_in_kernel:  # dx += mask * (g @ A) / (1 - p), then GELU's backward: one pass
+            grad_x = kernels().add_dropout_grad_x(dy @ base_weight, g, a_c, dropout_saved, dropout_p,
+                                                  saved_input.reshape(-1, saved_input.shape[-1]))
+        elif need_x and way is not None:
             grad_x = dropout_grad_x(way, dropout_saved, mask, g, a_c, dy, base_weight, dropout_p)
         elif need_x and base_weight.shape[1] >= 2 * out_features:  # [dy | g] @ [W ; A]
             grad_x = torch.cat([dy, g], dim=1) @ torch.cat([base_weight, a_c], dim=0)
@@ -229,7 +272,7 @@ class FusedLoRALinear(torch.autograd.Function):
             grad_a = _as(grad_a, a_dtype)
         if grad_x is not None:
             grad_x = grad_x.reshape(x_shape)
-            if input_fn is not None:
+            if input_fn is not None and not gelu_in_kernel:
                 grad_x = input_fn_backward(input_fn, grad_x, saved_input, fn_aux)
             grad_x = _as(grad_x, x_dtype)
         if need_bias:
