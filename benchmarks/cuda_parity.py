@@ -5,8 +5,8 @@ of x, A and B (the CPU tests check the same on CPU; this records what the GPU ke
 torch's mask (``OPENTAD_LORA_DROPOUT_KERNEL=torch``, the reference's stream); the ``kernel`` cases compare the
 Triton dropout kernels with the reference maths on the kernels' own mask; the ``kernel_prologue`` cases compare the
 gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of the same layer
-applying it again in memory (same dropout seed); the ``_norm_args`` cases a wide layer whose LayerNorm the norm kernel
-writes into its operand with the same layer using torch's norm and a cast.
+applying it again in memory (same dropout seed); the ``_fn_kernel_args`` cases a layer whose input function a kernel
+writes into its operand with the same layer using torch's function and a cast.
 """
 import json
 import os
@@ -110,8 +110,9 @@ if __name__ == '__main__':
         for autocast in (False, True):
             for p in (0.0, 0.1):
                 print(json.dumps(run_switch_case('kernel_prologue', name, autocast, p)), flush=True)
-                if name == 'layernorm':  # the wide layer's operand from the norm kernel, against torch's norm
-                    print(json.dumps(run_switch_case('_norm_args', name, autocast, p)), flush=True)
+                # the operand [fn(x) | xa] from one kernel, against torch's fn (a wide layer, then a narrow one)
+                print(json.dumps(run_switch_case('_fn_kernel_args', name, autocast, p)), flush=True)
+                print(json.dumps(run_switch_case('_fn_kernel_args', name, autocast, p, (4096, 1024))), flush=True)
     for features in ((1024, 4096), (4096, 1024)):
         for autocast in (False, True):
             print(json.dumps(run_kernel_case(autocast, features)), flush=True)

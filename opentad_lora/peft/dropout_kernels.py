@@ -9,9 +9,10 @@ step (benchmarks/RESULTS.md). These kernels compute the three products that need
   results only;
 * ``dx += mask * (g @ A) / (1 - p)`` adds the low-rank part of the input gradient in place, tile by tile.
 
-``norm_xa`` applies a wide layer's LayerNorm input function and writes ``[norm(x) | dropout(norm(x)) @ A.T]``, the
-K-concatenated operand of its GEMM, in one pass (with or without dropout): torch would write the norm in float32
-under autocast, cast it into the operand, and read it again for ``xa``.
+``fn_xa`` applies a layer's input function (LayerNorm or exact GELU, :mod:`.input_fn`) and writes
+``[fn(x) | dropout(fn(x)) @ A.T]``, the K-concatenated operand of its GEMM, in one pass (with or without dropout):
+torch would write ``fn(x)`` (in float32 for a norm under autocast), cast it into the operand, read it again for
+``xa``, and a layer narrower than its input would then add ``xa @ (sB).T`` to its output in another pass.
 
 ``dA`` also serves layers without dropout that apply their input function (:mod:`.input_fn`): it computes a
 LayerNorm or GELU of the saved input in registers (a :class:`.input_fn.Prologue`), where backward would otherwise
@@ -157,29 +158,29 @@ def _add_grad_x_kernel(dx_ptr, g_ptr, a_ptr, seed_ptr, h_ptr, N, K, KG, R, thres
 
 
 @triton.jit
-def _norm_xa_kernel(x_ptr, w_ptr, b_ptr, a_ptr, seed_ptr, op_ptr, xa_ptr, mean_ptr, rstd_ptr, N, K, SX, SO, KG, R,
-                    threshold, scale, eps, RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-                    DROPOUT: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+def _fn_xa_kernel(x_ptr, w_ptr, b_ptr, a_ptr, seed_ptr, op_ptr, xa_ptr, mean_ptr, rstd_ptr, N, K, SX, SO, KG, R,
+                  threshold, scale, eps, RP: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                  DROPOUT: tl.constexpr, FN: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ranks = tl.arange(0, RP)
-    # Pass 1: each row's mean and sum of squared deviations, tile by tile, merged as Chan et al. (stable, one read)
-    mean = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    m2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, K, 64):
-        cols = k0 + tl.arange(0, 64)
-        inside = (rows[:, None] < N) & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0).to(tl.float32)
-        count = tl.sum((cols < K).to(tl.float32), 0)
-        tile_mean = tl.sum(x, 1) / count
-        deviation = tl.where(inside, x - tile_mean[:, None], 0.0)
-        delta = tile_mean - mean
-        seen = k0 * 1.0
-        mean += delta * (count / (seen + count))
-        m2 += tl.sum(deviation * deviation, 1) + delta * delta * (seen * count / (seen + count))
-    rstd = 1.0 / tl.sqrt(m2 / K + eps)
-    tl.store(mean_ptr + rows, mean, mask=rows < N)
-    tl.store(rstd_ptr + rows, rstd, mask=rows < N)
-    # Pass 2: the normalised rows, stored in the operand's dtype, and their rank-r product with A
+    if FN == 1:  # LayerNorm: each row's mean and sum of squared deviations, tile by tile, merged as Chan et al.
+        mean = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        m2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, K, 64):
+            cols = k0 + tl.arange(0, 64)
+            inside = (rows[:, None] < N) & (cols[None, :] < K)
+            x = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            count = tl.sum((cols < K).to(tl.float32), 0)
+            tile_mean = tl.sum(x, 1) / count
+            deviation = tl.where(inside, x - tile_mean[:, None], 0.0)
+            delta = tile_mean - mean
+            seen = k0 * 1.0
+            mean += delta * (count / (seen + count))
+            m2 += tl.sum(deviation * deviation, 1) + delta * delta * (seen * count / (seen + count))
+        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        tl.store(mean_ptr + rows, mean, mask=rows < N)
+        tl.store(rstd_ptr + rows, rstd, mask=rows < N)
+    # The function's output, stored in the operand's dtype, and its rank-r product with A
     if DROPOUT:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_N, RP), dtype=tl.float32)
@@ -187,11 +188,15 @@ def _norm_xa_kernel(x_ptr, w_ptr, b_ptr, a_ptr, seed_ptr, op_ptr, xa_ptr, mean_p
         cols = k0 + tl.arange(0, 64)
         inside = (rows[:, None] < N) & (cols[None, :] < K)
         x = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0)
-        y = rstd[:, None] * (x.to(tl.float32) - mean[:, None])  # as the dA kernel's prologue computes it
-        if HAS_W:
-            y = tl.load(w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :] * y
-        if HAS_B:
-            y = y + tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
+        y = x.to(tl.float32)
+        if FN == 1:  # as the dA kernel's prologue computes them
+            y = rstd[:, None] * (y - mean[:, None])
+            if HAS_W:
+                y = tl.load(w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :] * y
+            if HAS_B:
+                y = y + tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
+        else:
+            y = y * 0.5 * (1.0 + tl.erf(y * 0.7071067811865476))
         y = _to_element(y, op_ptr.dtype.element_ty)  # beyond K, A's tile is zero; beyond N, nothing is stored
         tl.store(op_ptr + rows[:, None] * SO + cols[None, :], y, mask=inside)
         if DROPOUT:
@@ -262,29 +267,33 @@ def grad_a(g: Tensor, x2d: Tensor, seed: Optional[Tensor], p: float, prologue: O
     return partial.sum(0)[:rank]
 
 
-def norm_xa(x2d: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, lora_a: Tensor,
-            seed: Optional[Tensor], p: float, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A LayerNorm of the ``(N, K)`` ``x2d`` and its LoRA product in one pass: ``[y | xa]`` (``(N, K + r)`` in
-    ``dtype``, the K-concatenated operand of a wide layer), ``xa = dropout(y) @ A.T`` (``(N, r)``, the mask of
-    :func:`dropout_xa` for ``seed``; no dropout when None), and the float32 per-row ``mean`` and ``rstd``.
+def fn_xa(x2d: Tensor, prologue: Prologue, eps: float, lora_a: Tensor, seed: Optional[Tensor], p: float,
+          dtype: torch.dtype) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """A layer's input function ``fn`` (the ``prologue``'s LayerNorm, with ``eps``, or exact GELU) of the ``(N, K)``
+    ``x2d`` and its LoRA product in one pass: ``[y | xa]`` (``(N, K + r)`` in ``dtype``, the K-concatenated operand
+    of the layer's GEMM), ``xa = dropout(y) @ A.T`` (``(N, r)``, the mask of :func:`dropout_xa` for ``seed``; no
+    dropout when None) and, for a norm, the float32 per-row ``mean`` and ``rstd``.
 
-    ``y`` is computed in float32 as ``rstd * (x - mean) * weight + bias`` and rounded once to ``dtype``, where
-    torch writes a float32 norm (under autocast), casts it, and the layer then reads it again for ``xa``. The
+    ``y`` is computed in float32 as the dA kernel's prologue computes it and rounded once to ``dtype``, where torch
+    writes ``fn(x)`` (a float32 norm under autocast), casts it, and the layer reads it again for ``xa``. A norm's
     statistics are this kernel's own (a stable merge of per-tile moments, not torch's Welford order), within float32
     rounding of torch's; backward uses them, so forward and backward see the same norm."""
     n, width = x2d.shape
     rank = lora_a.shape[0]
     operand = torch.empty(n, width + rank, device=x2d.device, dtype=dtype)
     xa = torch.empty(n, rank, device=x2d.device, dtype=dtype)
-    mean = torch.empty(n, device=x2d.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
+    norm = prologue.kind == 1
+    mean = torch.empty(n, device=x2d.device, dtype=torch.float32) if norm else None
+    rstd = torch.empty_like(mean) if norm else None
     words, threshold, scale = _launch_args(width, p) if seed is not None else (0, 0, 1.0)
-    unused = mean  # pointers the kernel does not read in this configuration
-    _norm_xa_kernel[(triton.cdiv(n, 32),)](
-        x2d, *(unused if t is None else t for t in (weight, bias)), lora_a.contiguous(),
-        unused if seed is None else seed, operand, xa, mean, rstd, n, width, x2d.stride(0), operand.stride(0), words,
-        rank, threshold, scale, eps, RP=_padded_rank(rank), BLOCK_N=32, IEEE=dtype == torch.float32,
-        DROPOUT=seed is not None, HAS_W=weight is not None, HAS_B=bias is not None)
+    unused = xa  # pointers the kernel does not read in this configuration
+    _fn_xa_kernel[(triton.cdiv(n, 32),)](
+        x2d, *(unused if t is None else t for t in (prologue.weight, prologue.bias)), lora_a.contiguous(),
+        unused if seed is None else seed, operand, xa,
+        *(unused if t is None else t for t in (mean, rstd)), n, width, x2d.stride(0), operand.stride(0), words, rank,
+        threshold, scale, eps, RP=_padded_rank(rank), BLOCK_N=32, IEEE=dtype == torch.float32,
+        DROPOUT=seed is not None, FN=prologue.kind, HAS_W=prologue.weight is not None,
+        HAS_B=prologue.bias is not None)
     return operand, xa, mean, rstd
 
 

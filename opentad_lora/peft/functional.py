@@ -17,9 +17,10 @@ writes the whole output again. The concatenation costs one copy of ``x`` (or ``d
 output is at least twice as wide as that operand; otherwise the low-rank product is ``addmm_``-ed into the output.
 An input that needs a cast anyway (float32 under autocast, e.g. a LayerNorm's output) is cast straight into the
 concatenated operand, and so is a weight that needs one (float32 frozen weights under autocast) together with
-``s B``: there the concatenations cost nothing. A wide layer whose input function is a LayerNorm (``qkv``/``fc1``
-after the block's norms) goes one step further on the kernels' devices: one Triton kernel applies the norm and
-writes ``[norm(x) | xA]`` in the compute dtype (:func:`_norm_operand`), so the float32 norm is never written.
+``s B``: there the concatenations cost nothing. A layer whose input function a Triton kernel computes (a LayerNorm
+before ``qkv``/``fc1``, the GELU before ``fc2``) goes further on the kernels' devices, whatever its width: that
+kernel writes ``[fn(x) | xA]`` in the compute dtype (:func:`_fn_operand`), so ``fn(x)`` is written once, never cast
+or read again for ``xA``, and the low-rank product is added inside the GEMM.
 Both forms issue about as many host-side operations as each other, which matters as much as GPU time: eager LoRA
 steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .input_fn import (apply_input_fn, aux_to_save, input_fn_backward, kernel_prologue, layer_norm_args,
+from .input_fn import (Prologue, apply_input_fn, aux_to_save, forward_prologue, input_fn_backward, kernel_prologue,
                        saved_aux)
 from .lora_dropout import dropout_forward, dropout_grad_a, dropout_grad_x, kernel_applies, kernels
 
@@ -122,13 +123,13 @@ def _cast(x: Tensor, dtype: torch.dtype, spare: int = 0) -> Tuple[Tensor, Option
 _cast_once = _CastCache()
 
 
-def _norm_args(input_fn: nn.Module, weight: Optional[Tensor], x: Tensor, rank: int,
-               autocast: bool) -> Optional[Tuple[Optional[Tensor], Optional[Tensor], float]]:
-    """A wide layer's LayerNorm input function's ``(weight, bias, eps)`` where :func:`_norm_operand` applies it: on
-    the Triton kernels' devices, with a frozen base (a trainable one needs the norm's output for its gradient)."""
+def _fn_kernel_args(input_fn: nn.Module, weight: Optional[Tensor], x: Tensor, rank: int,
+                    autocast: bool) -> Optional[Tuple[Prologue, float]]:
+    """The input function as :func:`_fn_operand` applies it (see :func:`.input_fn.forward_prologue`), or None: on
+    the Triton kernels' devices only, with a frozen base (a trainable one needs ``fn(x)`` for its gradient)."""
     if weight is not None and weight.requires_grad or not kernel_applies(x, rank):
         return None
-    return layer_norm_args(input_fn, x, autocast)
+    return forward_prologue(input_fn, x, autocast)
 
 
 def _gelu_in_kernel(input_fn: Optional[nn.Module], x: Tensor, dtype: torch.dtype) -> bool:
@@ -137,18 +138,18 @@ def _gelu_in_kernel(input_fn: Optional[nn.Module], x: Tensor, dtype: torch.dtype
     return type(input_fn) is nn.GELU and input_fn.approximate == 'none' and x.dtype == dtype and x.is_contiguous()
 
 
-def _norm_operand(x: Tensor, norm: Tuple[Optional[Tensor], Optional[Tensor], float], lora_a: Tensor, dropout_p: float,
-                  dtype: torch.dtype) -> Tuple[Tensor, Tensor, Optional[str], Optional[Tensor], Tuple[Tensor, ...]]:
-    """``[norm(x) | xa]`` written by one kernel (:func:`.dropout_kernels.norm_xa`), where torch would write the norm
-    in float32 (autocast), cast it into the operand and read it again for ``xa``: on AdaTAD's long-video blocks
-    those passes over the widest activations cost more than the norm itself. Returns the operand, ``xa``, the
-    dropout way and seed (``'kernel'``, or None without dropout) and the statistics backward needs (shaped as
-    torch's)."""
+def _fn_operand(x: Tensor, fn_args: Tuple[Prologue, float], lora_a: Tensor, dropout_p: float,
+                dtype: torch.dtype) -> Tuple[Tensor, Tensor, Optional[str], Optional[Tensor], Tuple[Tensor, ...]]:
+    """``[fn(x) | xa]`` written by one kernel (:func:`.dropout_kernels.fn_xa`), where torch would write ``fn(x)``
+    (a float32 norm under autocast), cast it into the operand and read it again for ``xa``, and a layer narrower
+    than its input would add the low-rank product to its output in one more pass: on AdaTAD's long-video blocks those
+    passes over the widest activations cost more than ``fn`` itself. Returns the operand, ``xa``, the dropout way and
+    seed (``'kernel'``, or None without dropout) and a norm's statistics for backward (shaped as torch's)."""
     seed = kernels().new_seed(x.device) if dropout_p else None
     x2d = x.reshape(-1, x.shape[-1])
-    operand, xa, mean, rstd = kernels().norm_xa(x2d if x2d.stride(-1) == 1 else x2d.contiguous(), *norm, lora_a,
-                                                seed, dropout_p, dtype)
-    stats = tuple(t.view(*x.shape[:-1], 1) for t in (mean, rstd))
+    operand, xa, mean, rstd = kernels().fn_xa(x2d if x2d.stride(-1) == 1 else x2d.contiguous(), *fn_args, lora_a,
+                                              seed, dropout_p, dtype)
+    stats = () if mean is None else tuple(t.view(*x.shape[:-1], 1) for t in (mean, rstd))
     return operand, xa, None if seed is None else 'kernel', seed, stats
 
 
@@ -175,8 +176,10 @@ class FusedLoRALinear(torch.autograd.Function):
         dtype = _compute_dtype(x)
         in_features, (out_features, rank) = x.shape[-1], lora_b.shape
         wide = out_features >= 2 * in_features  # the output is the widest tensor: [x | xa] @ [W | sB].T
+        fn_args = _fn_kernel_args(input_fn, weight, x, rank, autocast) if input_fn is not None else None
+        concat = wide or fn_args is not None  # [x | xa] @ [W | sB].T, also where a kernel writes [fn(x) | xa]
         weight_cat = None  # [W | sB], when the cast weight can be written straight into it
-        if wide and dequantize is None and weight.dtype != dtype:
+        if concat and dequantize is None and weight.dtype != dtype:
             weight_cat = torch.empty(out_features, in_features + rank, dtype=dtype, device=weight.device)
             base_weight = weight_cat[:, :in_features].copy_(weight)
         else:
@@ -191,10 +194,9 @@ class FusedLoRALinear(torch.autograd.Function):
         # A cast input of a wide layer is cast straight into the [x | xa] operand (torch's dropout needs it alone)
         spare = rank if wide and (not dropout or kernel_applies(x, rank)) else 0
         fn_saved, dropout_way, dropout_saved = (), None, None
-        norm = _norm_args(input_fn, weight, x, rank, autocast) if spare and input_fn is not None else None
-        if norm is not None:  # [norm(x) | xa] from one kernel
-            operand, xa, dropout_way, dropout_saved, fn_saved = _norm_operand(x, norm, a_c, dropout_p if dropout
-                                                                              else 0.0, dtype)
+        if fn_args is not None:  # [fn(x) | xa] from one kernel
+            operand, xa, dropout_way, dropout_saved, fn_saved = _fn_operand(x, fn_args, a_c, dropout_p if dropout
+                                                                            else 0.0, dtype)
             source = operand[:, :in_features]
         elif input_fn is None:
             source, operand = _cast_once(x, dtype, spare)
@@ -202,16 +204,16 @@ class FusedLoRALinear(torch.autograd.Function):
             source, fn_aux = apply_input_fn(input_fn, x, autocast)
             (source, operand), fn_saved = _cast(source, dtype, spare), aux_to_save(input_fn, fn_aux)
         x2d = source.reshape(-1, in_features)
-        if norm is not None:
+        if fn_args is not None:
             pass
         elif dropout:
             xa, dropout_way, dropout_saved = dropout_forward(source, a_c, dropout_p)
         else:
             xa = x2d @ a_c.t()  # (N, r): the only extra activation LoRA keeps
-        if wide:
+        if concat:
             if operand is None:
                 operand = torch.cat([x2d, xa], dim=1)
-            elif norm is None:
+            elif fn_args is None:
                 operand[:, in_features:].copy_(xa)
             if weight_cat is None:
                 weight_cat = torch.cat([base_weight, b_c], dim=1)

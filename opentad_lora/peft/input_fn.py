@@ -75,19 +75,6 @@ def saved_aux(saved: Tuple[Tensor, ...], x: Tensor, autocast: bool) -> Any:
     return (*saved, torch.float32 if autocast else x.dtype) if saved else None
 
 
-def layer_norm_args(fn: nn.Module, x: Tensor, autocast: bool) -> Optional[Tuple[Optional[Tensor], Optional[Tensor],
-                                                                              float]]:
-    """``(weight, bias, eps)`` of a LayerNorm over the last dimension, in the dtype its forward computes in (float32
-    under autocast, as :func:`apply_input_fn`), for a kernel that applies it in forward
-    (:func:`.dropout_kernels.norm_xa`); None for any other function."""
-    if type(fn) is not nn.LayerNorm or len(fn.normalized_shape) != 1:
-        return None
-    dtype = torch.float32 if autocast else x.dtype
-    weight = None if fn.weight is None else fn.weight.to(dtype)
-    bias = None if fn.bias is None else fn.bias.to(dtype)
-    return weight, bias, fn.eps
-
-
 def input_fn_backward(fn: nn.Module, grad: Tensor, x: Tensor, aux: Any) -> Tensor:
     """The gradient of ``x`` from the gradient of ``fn(x)``."""
     return _RECOMPUTABLE[type(fn)].backward(fn, grad, x, aux)
@@ -115,3 +102,17 @@ def kernel_prologue(fn: nn.Module, aux: Any) -> Optional[Prologue]:
         bias = None if fn.bias is None else fn.bias.to(dtype)
         return Prologue(1, mean.reshape(-1), rstd.reshape(-1), weight, bias)
     return None
+
+
+def forward_prologue(fn: nn.Module, x: Tensor, autocast: bool) -> Optional[Tuple[Prologue, float]]:
+    """``fn`` as a :class:`Prologue` (without statistics: the kernel computes them) and a LayerNorm's ``eps``, for a
+    kernel that applies it in forward (:func:`.dropout_kernels.fn_xa`); affine parameters in the dtype the norm
+    computes in (float32 under autocast, as :func:`apply_input_fn`). None where no kernel computes ``fn``."""
+    if type(fn) is nn.GELU and fn.approximate == 'none':
+        return Prologue(2), 0.0
+    if type(fn) is not nn.LayerNorm or len(fn.normalized_shape) != 1:
+        return None
+    dtype = torch.float32 if autocast else x.dtype
+    weight = None if fn.weight is None else fn.weight.to(dtype)
+    bias = None if fn.bias is None else fn.bias.to(dtype)
+    return Prologue(1, weight=weight, bias=bias), fn.eps

@@ -78,46 +78,52 @@ def test_fused_layer_gradients_equal_applying_the_function_again(kernels, monkey
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)  # torch's, applied again, differs by rounding
 
 
-@pytest.mark.parametrize('affine', [True, False])
+@pytest.mark.parametrize('name', sorted(FUNCTIONS))
 @pytest.mark.parametrize('p', [0.0, 0.25])
-def test_norm_kernel_writes_the_operand_and_xa_torch_would(kernels, affine, p):
+def test_fn_kernel_writes_the_operand_and_xa_torch_would(kernels, name, p):
     torch.manual_seed(0)
-    norm = _function('layernorm' if affine else 'layernorm-plain')
+    fn = _function(name)
     x = torch.randn(70, 48) * 3 + 2  # rows that are not a multiple of the kernel's 32
     lora_a = torch.randn(5, 48)
     seed = torch.tensor([11]) if p else None
-    operand, xa, mean, rstd = kernels.norm_xa(x, norm.weight, norm.bias, norm.eps, lora_a, seed, p, torch.float32)
-    y, want_mean, want_rstd = torch.ops.aten.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias,
-                                                               norm.eps)
+    norm = name != 'gelu'
+    prologue = Prologue(1, weight=fn.weight, bias=fn.bias) if norm else Prologue(2)
+    operand, xa, mean, rstd = kernels.fn_xa(x, prologue, fn.eps if norm else 0.0, lora_a, seed, p, torch.float32)
+    if norm:
+        y, want_mean, want_rstd = torch.ops.aten.native_layer_norm(x, fn.normalized_shape, fn.weight, fn.bias, fn.eps)
+        torch.testing.assert_close(mean, want_mean.reshape(-1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rstd, want_rstd.reshape(-1), rtol=1e-5, atol=1e-6)
+    else:
+        y = fn(x)
+        assert mean is None and rstd is None
     mask = kernels.keep_mask(seed, tuple(x.shape), p, x.device) / (1 - p) if p else torch.ones_like(x)
-    torch.testing.assert_close(mean, want_mean.reshape(-1), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(rstd, want_rstd.reshape(-1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(operand[:, :48], y, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(xa, (y * mask) @ lora_a.t(), rtol=1e-5, atol=1e-4)
     assert torch.equal(operand[:, 48:], xa)
 
 
+@pytest.mark.parametrize('name, out_features', [('layernorm', 144), ('gelu', 24)])  # qkv-like, fc2-like
 @pytest.mark.parametrize('p', [0.0, 0.25])
-def test_wide_layer_with_the_norm_kernel_equals_torch_norm_and_cast(kernels, monkeypatch, p):
-    norm = _function('layernorm')
+def test_layer_with_the_fn_kernel_equals_torch_fn_and_cast(kernels, monkeypatch, name, out_features, p):
+    fn = _function(name)
     torch.manual_seed(1)
     x = torch.randn(2, 40, 48, requires_grad=True)
-    weight, bias = torch.randn(144, 48), torch.randn(144)  # wide: [norm(x) | xa] @ [W | sB].T
+    weight, bias = torch.randn(out_features, 48), torch.randn(out_features)
     lora_a = torch.randn(4, 48, requires_grad=True)
-    lora_b = torch.randn(144, 4, requires_grad=True)
+    lora_b = torch.randn(out_features, 4, requires_grad=True)
     used = []
-    inside = kernels.norm_xa
-    monkeypatch.setattr(kernels, 'norm_xa', lambda *args: used.append(1) or inside(*args))
+    inside = kernels.fn_xa
+    monkeypatch.setattr(kernels, 'fn_xa', lambda *args: used.append(1) or inside(*args))
 
     def run():
         torch.manual_seed(5)  # the same dropout seed for both runs
-        out = LF.lora_linear(x, weight, bias, lora_a, lora_b, 2.0, p, True, input_fn=norm)
+        out = LF.lora_linear(x, weight, bias, lora_a, lora_b, 2.0, p, True, input_fn=fn)
         return (out, *torch.autograd.grad(out.square().sum(), (x, lora_a, lora_b)))
 
     fused = run()
-    assert used, 'the norm kernel did not make the operand'
-    monkeypatch.setattr(LF, '_norm_args', lambda *args: None)  # torch's norm, cast into the operand
-    for got, want in zip(fused, run()):  # the norm's statistics differ by float32 rounding, which the norm's
+    assert used, 'the kernel did not make the operand'
+    monkeypatch.setattr(LF, '_fn_kernel_args', lambda *args: None)  # torch's function (and cast), then the layer
+    for got, want in zip(fused, run()):  # a norm's statistics differ by float32 rounding, which the norm's
         assert (got - want).norm() <= 1e-6 * want.norm()  # backward amplifies where its terms cancel: compare norms
 
 
