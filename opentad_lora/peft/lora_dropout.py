@@ -1,4 +1,4 @@
-"""How the fused LoRA function applies LoRA dropout; eager steps keep neither a mask nor a dropped-out copy for backward.
+"""How the fused LoRA function applies LoRA dropout; eager steps keep no mask and no dropped-out copy for backward.
 
 Three ways, chosen per call by :func:`dropout_forward` (the first that applies):
 
