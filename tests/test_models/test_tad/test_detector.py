@@ -123,13 +123,14 @@ def _batch(counts, valid_lens, seed):
 def _seeded_qlora_detector() -> TADDetector:
     torch.manual_seed(0)
     return make_detector(type='VisionTransformerQLoRA', lora_r=4, lora_alpha=8, lora_dropout=0.1,
-                         quantize_bits=4, depth=1).train()
+                         quantize_bits=4, depth=1, with_cp=True).train()
 
 
 def test_compiled_loss_forward_compiles_once_whatever_the_number_of_actions_and_valid_lengths():
     """Compiled as CompileHook does: two graphs (before and after the eager target assignment), no recompile for
-    new action counts (0, 1 and more per sample) or valid lengths, and eager's losses and gradients, QLoRA-4 with
-    LoRA dropout included (the compiled dropout keeps its mask, drawn from torch's generator as eager's is).
+    new action counts (0, 1 and more per sample) or valid lengths, and eager's losses and gradients, for QLoRA-4
+    with LoRA dropout and checkpointed blocks as in the seed's AdaTAD config (the compiled dropout keeps its mask,
+    drawn from torch's generator as eager's is).
     Recompiles are dynamo's decisions, so the ``eager`` backend (dynamo only: 6 s here, ``aot_eager`` 10 s) shows
     them; AOTAutograd's trace of the dropout is tested in tests/test_peft/test_lora_dropout_compile.py."""
     eager, compiled = _seeded_qlora_detector(), _seeded_qlora_detector()
