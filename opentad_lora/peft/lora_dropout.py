@@ -1,4 +1,4 @@
-"""How the fused LoRA function applies LoRA dropout without keeping a mask or a dropped-out copy for backward.
+"""How the fused LoRA function applies LoRA dropout; eager steps keep no mask and no dropped-out copy for backward.
 
 Three ways, chosen per call by :func:`dropout_forward` (the first that applies):
 
@@ -7,9 +7,17 @@ Three ways, chosen per call by :func:`dropout_forward` (the first that applies):
   ``OPENTAD_LORA_DROPOUT_KERNEL=torch`` turns it off (then CUDA draws torch's own mask, PEFT's numbers);
   ``=interpret`` also sends CPU tensors to them through Triton's interpreter (tests; needs ``TRITON_INTERPRET=1``
   before Triton is imported).
-* ``'redraw'`` (CPU, CUDA): torch's ``native_dropout`` (the reference's and PEFT's mask); the generator state is
+* ``'redraw'`` (CPU, CUDA, eager): torch's ``native_dropout`` (the reference's and PEFT's mask); the generator state is
   kept and backward draws the same mask again.
-* ``'keep'`` (other devices, whose generator state cannot be restored): the mask is kept.
+* ``'keep'`` (other devices, whose generator state cannot be restored, and every device inside ``torch.compile``):
+  ``native_dropout``'s bool mask is kept for backward.
+
+Compiled steps always keep the mask: dynamo cannot trace reading or setting a generator's state (on CPU and CUDA it
+is a graph break, which inside a loop over blocks sends the whole frame back to eager), and Triton kernels are not
+called from compiled code. AOTAutograd then traces ``native_dropout`` like any op, inductor generates and fuses the
+random draw itself (its own random stream, not eager's mask), and the mask is saved for backward: 1 byte per input
+element per LoRA layer with dropout, held from forward to backward (half as much again as a bf16 input that is saved
+anyway). Without dropout, or in eval mode, nothing changes.
 """
 import os
 from typing import Optional, Tuple
@@ -45,7 +53,8 @@ def kernel_applies(x: Tensor, rank: int) -> bool:
 
 
 def _rng_state(device: torch.device) -> Optional[Tensor]:
-    """The state dropout draws from on ``device``; None where it cannot be restored (then the mask is kept)."""
+    """The state dropout draws from on ``device``; None where it cannot be restored (then the mask is kept).
+    Never called while compiling: dynamo cannot trace reading or setting a generator's state (a graph break)."""
     if device.type == 'cuda':
         return torch.cuda.get_rng_state(device)
     if device.type == 'cpu':
@@ -80,7 +89,7 @@ def dropout_forward(source: Tensor, lora_a: Tensor, dropout_p: float) -> Tuple[T
         seed = torch.randint(0, 2 ** 31 - 1, (1,), device=source.device, dtype=torch.int64)  # no host sync
         rows = x2d if x2d.stride(-1) == 1 else x2d.contiguous()  # rows may be strided (a wide layer's operand)
         return kernels().dropout_xa(rows, lora_a, seed, dropout_p), 'kernel', seed
-    state = _rng_state(source.device)
+    state = None if torch.compiler.is_compiling() else _rng_state(source.device)
     dropped, mask = torch.ops.aten.native_dropout(source, dropout_p, True)
     xa = dropped.reshape(x2d.shape) @ lora_a.t()
     return (xa, 'redraw', state) if state is not None else (xa, 'keep', mask)

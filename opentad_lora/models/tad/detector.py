@@ -78,8 +78,12 @@ class TADDetector(BaseModel):
         self._is_init = True
 
     @staticmethod
-    def _meta(data_samples: Sequence[BaseDataElement], key: str) -> List:
-        return [sample.metainfo[key] for sample in data_samples]
+    @torch.compiler.disable
+    def _valid_lens(data_samples: Sequence[BaseDataElement], device: torch.device) -> Tensor:
+        """``(B,)`` real snippets of each window, made eagerly: traced, each sample's ``valid_len`` would be a
+        constant of the compiled graph, recompiled when it changes (a short video's window). Called before any op,
+        this graph break splits no graph (see :meth:`_targets`)."""
+        return torch.tensor([sample.metainfo['valid_len'] for sample in data_samples], device=device)
 
     def _pad(self, feats: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
         """Zero-pad to ``max_seq_len`` steps, or a longer input to the next multiple of :attr:`max_div_factor`."""
@@ -91,9 +95,9 @@ class TADDetector(BaseModel):
             return feats, mask
         return F.pad(feats, (0, target - length)), F.pad(mask, (0, target - length), value=False)
 
-    def extract_feat(self, inputs: Tensor, data_samples: Sequence[BaseDataElement]
-                     ) -> Tuple[List[Tensor], List[Tensor], float]:
-        """Pyramid features and masks of a batch, and the number of snippets per finest grid step.
+    def extract_feat(self, inputs: Tensor, valid_len: Tensor) -> Tuple[List[Tensor], List[Tensor], float]:
+        """Pyramid features and masks of a batch whose windows have ``valid_len`` real snippets, and the number of
+        snippets per finest grid step.
 
         A step is valid when its first snippet is a real (not padded) one. Backbone features at padded steps are
         passed on unmasked; the projection masks every output.
@@ -103,7 +107,6 @@ class TADDetector(BaseModel):
             feats = F.interpolate(feats, size=self.temporal_size, mode='linear', align_corners=False)
         snippets_per_step = inputs.shape[2] / feats.shape[-1]
         steps = torch.arange(feats.shape[-1], device=feats.device)
-        valid_len = torch.tensor(self._meta(data_samples, 'valid_len'), device=feats.device)
         mask = steps[None] * snippets_per_step < valid_len[:, None]
         feats, mask = self._pad(feats, mask)
         feats, masks = self.projection(feats, mask)
@@ -115,16 +118,32 @@ class TADDetector(BaseModel):
         """``'loss'``: dict of losses; ``'predict'``: data samples with predictions; ``'tensor'``: head outputs."""
         if data_samples is None:
             data_samples = [BaseDataElement(metainfo=dict(valid_len=inputs.shape[2])) for _ in range(len(inputs))]
-        feats, masks, step = self.extract_feat(inputs, data_samples)
+        feats, masks, step = self.extract_feat(inputs, self._valid_lens(data_samples, inputs.device))
         if mode == 'tensor':
             return self.rpn_head(feats, masks)
         if mode == 'loss':
-            gt_segments = [sample.gt_segments.float() / step for sample in data_samples]
-            gt_labels = [sample.gt_labels for sample in data_samples]
-            return self.rpn_head.loss(feats, masks, gt_segments, gt_labels)
+            cls_targets, reg_targets = self._targets(self.rpn_head.points(feats), data_samples, step)
+            return self.rpn_head.loss_of_targets(feats, masks, cls_targets, reg_targets)
         if mode == 'predict':
             return self._to_seconds(self.rpn_head.predict(feats, masks, **self.test_cfg), data_samples, step)
         raise ValueError(f'TADDetector: unknown mode {mode!r}; use "loss", "predict" or "tensor"')
+
+    @torch.compiler.disable
+    def _targets(self, points: Tensor, data_samples: Sequence[BaseDataElement], step: float
+                 ) -> Tuple[Tensor, Tensor]:
+        """The head's ``(B, P, ...)`` targets of the annotated actions, always computed eagerly.
+
+        The number of actions differs from sample to sample and batch to batch. Traced by ``torch.compile``, the
+        sizes of the ground-truth tensors become guards of the compiled loss forward and a new count recompiles it
+        (5 compiles for 5 batches of the tiny detector in tests/test_models/test_tad/test_detector.py); dynamo's
+        automatic dynamic shapes do not end it, since sizes 0 and 1 stay specialised and each sample's tensors turn
+        dynamic one by one. Made here, the counts never reach a compiled graph: the loss forward compiles once, as
+        the graph before this call (backbone to neck) and the one after it (head and loss), both of fixed shapes,
+        for one graph break and a few eager ops per sample. Padding the actions to a fixed count instead (a
+        zero-length action changes no target) would need a bound on the count, or recompile when it grows.
+        """
+        gt_segments = [sample.gt_segments.float() / step for sample in data_samples]
+        return self.rpn_head.targets(points, gt_segments, [sample.gt_labels for sample in data_samples])
 
     @staticmethod
     def _to_seconds(detections: Sequence[Tuple[Tensor, Tensor, Tensor]], data_samples: Sequence[BaseDataElement],

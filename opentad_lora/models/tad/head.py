@@ -109,35 +109,39 @@ class ActionFormerHead(nn.Module):
             offsets.append(F.relu(scale(self.reg_head(reg_feat))).transpose(1, 2))
         return logits, offsets
 
-    def _points(self, feats: Sequence[Tensor]) -> Tensor:
+    def points(self, feats: Sequence[Tensor]) -> Tensor:
+        """``(P, 4)`` rows ``[position, range_low, range_high, stride]`` of every level's points."""
         return torch.cat(self.prior_generator([x.shape[-1] for x in feats], feats[0].device))
 
-    def loss_inputs(self, feats: Sequence[Tensor], masks: Sequence[Tensor], gt_segments: Sequence[Tensor],
-                    gt_labels: Sequence[Tensor]) -> Tuple[Tensor, ...]:
-        """Points, logits, offsets and valid mask over all levels, with each point's class and regression targets."""
-        logits, offsets = self(feats, masks)
-        points = self._points(feats)
+    def targets(self, points: Tensor, gt_segments: Sequence[Tensor], gt_labels: Sequence[Tensor]
+                ) -> Tuple[Tensor, Tensor]:
+        """Class targets ``(B, P, num_classes)`` and regression targets ``(B, P, 2)`` of each sample's actions
+        (``(K, 2)`` in finest-grid units and ``(K,)`` class indices, ``K`` may differ per sample)."""
         targets = [assign_points(points, segs.to(points), labels.to(points.device), self.num_classes,
                                  self.center_sample, self.center_sample_radius, self.filter_similar_gt)
                    for segs, labels in zip(gt_segments, gt_labels)]
-        cls_targets = torch.stack([t[0] for t in targets])
-        reg_targets = torch.stack([t[1] for t in targets])
-        return (points, torch.cat(logits, 1), torch.cat(offsets, 1), torch.cat(masks, 1), cls_targets, reg_targets)
+        return torch.stack([t[0] for t in targets]), torch.stack([t[1] for t in targets])
 
     def loss(self, feats: Sequence[Tensor], masks: Sequence[Tensor], gt_segments: Sequence[Tensor],
              gt_labels: Sequence[Tensor]) -> Dict[str, Tensor]:
+        """:meth:`loss_of_targets` of the actions given per sample: ``(K, 2)`` segments in finest-grid units and
+        ``(K,)`` class indices."""
+        return self.loss_of_targets(feats, masks, *self.targets(self.points(feats), gt_segments, gt_labels))
+
+    def loss_of_targets(self, feats: Sequence[Tensor], masks: Sequence[Tensor], cls_targets: Tensor,
+                        reg_targets: Tensor) -> Dict[str, Tensor]:
         """Focal loss over valid points + DIoU loss of the positive points' segments, over the normaliser.
 
         Masked sums over all points, with no host sync: the step traces as one graph (``torch.compile``) that does
-        not depend on the number of positive or valid points.
+        not depend on the number of positive or valid points, and whose shapes do not depend on the number of
+        actions (targets are ``(B, P, ...)``, see :meth:`targets`).
 
         Args:
             feats, masks: Pyramid from the neck.
-            gt_segments: Per sample ``(K, 2)`` actions in finest-grid units.
-            gt_labels: Per sample ``(K,)`` class indices.
+            cls_targets, reg_targets: From :meth:`targets`.
         """
-        points, logits, offsets, valid, cls_targets, reg_targets = self.loss_inputs(feats, masks, gt_segments,
-                                                                                     gt_labels)
+        logits, offsets = (torch.cat(outputs, 1) for outputs in self(feats, masks))
+        points, valid = self.points(feats), torch.cat(masks, 1)
         positive = (cls_targets.sum(-1) > 0) & valid
         num_pos = positive.sum().clamp_min(1)
         if self.training:
@@ -165,7 +169,7 @@ class ActionFormerHead(nn.Module):
         kept (no threshold, no top-k), as OpenTAD does.
         """
         logits, offsets = self(feats, masks)
-        segments = decode_segments(self._points(feats), torch.cat(offsets, 1))
+        segments = decode_segments(self.points(feats), torch.cat(offsets, 1))
         probs, valid = torch.cat(logits, 1).sigmoid(), torch.cat(masks, 1)
         results = []
         for sample_segments, sample_probs, sample_valid in zip(segments, probs, valid):

@@ -2,7 +2,9 @@
 import pytest
 import torch
 from mmengine.structures import BaseDataElement
+from torch._dynamo.testing import CompileCounterWithBackend
 
+from opentad_lora.engine.compile_hook import LossForward
 from opentad_lora.models.tad import TADDataPreprocessor, TADDetector, assign_points
 
 WINDOW = 32  # frames; the backbone halves time, so 16 grid steps of 2 snippets
@@ -104,3 +106,52 @@ def test_data_preprocessor_stacks_and_normalises():
     torch.testing.assert_close(out['inputs'][1, :, 0, 0, 0], torch.tensor([-5.0, -5.0, -6.0]))
     with pytest.raises(ValueError, match=r'\(B, 3, T, H, W\)'):
         pre(dict(inputs=torch.zeros(1, 4, 3, 2, 2)))
+
+
+def _batch(counts, valid_lens, seed):
+    """Clips and samples with ``counts[b]`` random actions and ``valid_lens[b]`` real snippets."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for count, valid_len in zip(counts, valid_lens):
+        starts = torch.rand(count, generator=generator) * 20
+        gt = torch.stack([starts, starts + 2 + 8 * torch.rand(count, generator=generator)], 1)
+        samples.append(make_sample(gt=gt.tolist(), labels=torch.randint(0, 2, (count, ), generator=generator).tolist(),
+                                   valid_len=valid_len))
+    return torch.randn(len(counts), 3, WINDOW, 32, 32, generator=generator), samples
+
+
+def _seeded_qlora_detector() -> TADDetector:
+    torch.manual_seed(0)
+    return make_detector(type='VisionTransformerQLoRA', lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                         quantize_bits=4, depth=1, with_cp=True).train()
+
+
+def test_compiled_loss_forward_compiles_once_whatever_the_number_of_actions_and_valid_lengths():
+    """Compiled as CompileHook does: two graphs (before and after the eager target assignment), no recompile for
+    new action counts (0, 1 and more per sample) or valid lengths, and eager's losses and gradients, for QLoRA-4
+    with LoRA dropout and checkpointed blocks as in the seed's AdaTAD config (the compiled dropout keeps its mask,
+    drawn from torch's generator as eager's is).
+    Recompiles are dynamo's decisions, so the ``eager`` backend (dynamo only: 6 s here, ``aot_eager`` 10 s) shows
+    them; AOTAutograd's trace of the dropout is tested in tests/test_peft/test_lora_dropout_compile.py."""
+    eager, compiled = _seeded_qlora_detector(), _seeded_qlora_detector()
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend('eager')
+    compiled.forward = LossForward(compiled.forward, torch.compile(compiled.forward, backend=counter))
+    trained, graphs = [name for name, p in compiled.named_parameters() if p.requires_grad], []
+    batches = [((1, 2), (32, 32)), ((2, 1), (20, 32)), ((0, 3), (32, 27)), ((4, 0), (27, 20)), ((1, 1), (32, 32))]
+    for step, (counts, valid_lens) in enumerate(batches):
+        inputs, samples = _batch(counts, valid_lens, step)
+        losses = []
+        for model in (eager, compiled):
+            torch.manual_seed(step)  # the same dropout masks
+            loss = model(inputs, samples, mode='loss')
+            params = dict(model.named_parameters())
+            losses.append(([loss['cls_loss'], loss['reg_loss']],
+                           torch.autograd.grad(sum(loss.values()), [params[name] for name in trained])))
+        (want, want_grads), (got, got_grads) = losses
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        torch.testing.assert_close(got_grads, want_grads, rtol=1e-5, atol=1e-7)
+        graphs.append(counter.frame_count)
+    assert graphs == [2] * len(batches)  # compiled graphs after each batch: none after the first
+    assert torch.equal(compiled.rpn_head.loss_normalizer, eager.rpn_head.loss_normalizer)
+    torch._dynamo.reset()

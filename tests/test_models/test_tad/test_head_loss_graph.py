@@ -23,7 +23,9 @@ def make_head(**kwargs) -> ActionFormerHead:
 def reference_loss(head: ActionFormerHead, feats: Sequence[Tensor], masks: Sequence[Tensor],
                    gt_segments: Sequence[Tensor], gt_labels: Sequence[Tensor]) -> Dict[str, Tensor]:
     """The loss as it was computed before (boolean indexing, Python-int positives, ``.item()``): the reference."""
-    points, logits, offsets, valid, cls_targets, reg_targets = head.loss_inputs(feats, masks, gt_segments, gt_labels)
+    logits, offsets = (torch.cat(outputs, 1) for outputs in head(feats, masks))
+    points, valid = head.points(feats), torch.cat(masks, 1)
+    cls_targets, reg_targets = head.targets(points, gt_segments, gt_labels)
     positive = (cls_targets.sum(-1) > 0) & valid
     num_pos = int(positive.sum())
     if head.training:
@@ -65,7 +67,7 @@ def batches() -> List[Batch]:
 
 def num_positives(head: ActionFormerHead, batch: Batch) -> int:
     feats, masks, segments, labels = batch
-    points = head._points(feats)
+    points = head.points(feats)
     positive = torch.stack([assign_points(points, s, l, head.num_classes)[0].sum(-1) > 0
                             for s, l in zip(segments, labels)])
     return int((positive & torch.cat(masks, 1)).sum())
