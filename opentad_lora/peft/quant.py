@@ -65,7 +65,9 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
     else:
         raise ValueError(f'quantize_bits must be 4 or 8, got {bits!r}.')
     if has_bias:
-        layer.bias = nn.Parameter(linear.bias.data.detach().to('cpu', torch.float32).clone(), requires_grad=False)
+        # the bias keeps its dtype (as bitsandbytes-loaded models have it): a float32 copy of a bf16 bias would
+        # cost twice its memory and a cast each step
+        layer.bias = nn.Parameter(linear.bias.data.detach().to('cpu', copy=True), requires_grad=False)
     return layer.to(device)  # bitsandbytes quantizes on this move, on the target device
 
 

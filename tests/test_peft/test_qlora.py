@@ -126,6 +126,16 @@ def test_nf4_storage_per_parameter(double_quant, expected):
     assert per_param == pytest.approx(expected, abs=0.005)
 
 
+@pytest.mark.parametrize('bits', [4, 8])
+def test_quantized_layer_keeps_the_bias_dtype(bits):
+    """A bf16 model's bias stays bf16, as bitsandbytes-loaded models keep it (float32 doubled its bytes)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32).to(torch.bfloat16)
+    layer = quantize_linear(linear, bits, 'nf4', True, compute_dtype=torch.bfloat16 if bits == 4 else None)
+    assert layer.bias.dtype == torch.bfloat16 and not layer.bias.requires_grad
+    assert torch.equal(layer.bias, linear.bias)
+
+
 def test_eval_forward_of_a_disabled_4bit_layer_keeps_training_working():
     """bitsandbytes' CPU inference repacking must not break later training or dequantization."""
     model = MLP()
