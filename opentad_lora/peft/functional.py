@@ -6,9 +6,10 @@ Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with ide
 * ``FusedLoRALinear``: one ``autograd.Function`` per layer. Backward computes ``g = dy @ B`` once and reuses it for
   both ``dx`` and ``dA``; it saves only ``x`` (shared by the layers that read the same tensor) and the rank-``r``
   ``dropout(x) @ A.T``. With dropout it keeps the generator state, not the mask nor the dropped-out copy, and draws
-  the mask again in backward: LoRA dropout costs no memory. The frozen base weight gets no gradient, so no
-  activation is kept for it; a float base's compute-dtype copy is kept as autocast would, a quantized base is
-  dequantized again in backward as bitsandbytes does.
+  the mask again in backward: LoRA dropout costs no memory in eager steps (compiled ones keep a bool mask,
+  :mod:`.lora_dropout`). The frozen base weight gets no gradient, so no activation is kept for it; a float base's
+  compute-dtype copy is kept as autocast would, a quantized base is dequantized again in backward as bitsandbytes
+  does.
 
 The low-rank product is added inside the base GEMM by concatenating along the reduction dimension:
 ``x @ W.T + (x A.T) @ (s B).T == [x | x A.T] @ [W | s B].T`` and ``dy @ W + g @ A == [dy | g] @ [W ; A]``. One
@@ -161,8 +162,9 @@ class FusedLoRALinear(torch.autograd.Function):
 
     Saved for backward: the compute-dtype input (the caller's own tensor when no cast is needed, one shared cast copy
     otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout a seed or generator state instead of the mask
-    and the dropped-out copy (:mod:`.lora_dropout`): dropout costs no activation memory. With ``input_fn``
-    (see :func:`.input_fn.is_recomputable`) the layer computes on ``input_fn(x)`` but saves ``x``.
+    and the dropped-out copy (:mod:`.lora_dropout`): dropout costs no activation memory (eager; compiled steps keep a
+    bool mask). With ``input_fn`` (see :func:`.input_fn.is_recomputable`) the layer computes on ``input_fn(x)`` but
+    saves ``x``.
     """
 
     @staticmethod

@@ -86,7 +86,7 @@ def dropout_forward(source: Tensor, lora_a: Tensor, dropout_p: float) -> Tuple[T
     """
     x2d = source.reshape(-1, source.shape[-1])
     if kernel_applies(x2d, lora_a.shape[0]):
-        seed = torch.randint(0, 2 ** 31 - 1, (1,), device=source.device, dtype=torch.int64)  # no host sync
+        seed = kernels().new_seed(source.device)
         rows = x2d if x2d.stride(-1) == 1 else x2d.contiguous()  # rows may be strided (a wide layer's operand)
         return kernels().dropout_xa(rows, lora_a, seed, dropout_p), 'kernel', seed
     state = None if torch.compiler.is_compiling() else _rng_state(source.device)
