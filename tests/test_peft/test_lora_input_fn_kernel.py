@@ -52,30 +52,36 @@ def test_grad_a_with_the_function_inside_equals_torch_maths(kernels, name, p):
     torch.testing.assert_close(kernels.grad_a(g, x, seed, p, prologue), g.t() @ (y * mask), rtol=1e-5, atol=1e-4)
 
 
+def _layer_outputs(fn: nn.Module, out_features: int, p: float) -> tuple:
+    """Output and gradients of x, A and B of a seeded 48 -> ``out_features`` LoRA layer on ``fn(x)``, dropout ``p``
+    (the same mask at every call)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 40, 48, requires_grad=True)
+    weight, bias = torch.randn(out_features, 48), torch.randn(out_features)
+    lora_a = torch.randn(4, 48, requires_grad=True)
+    lora_b = torch.randn(out_features, 4, requires_grad=True)
+    torch.manual_seed(5)
+    out = LF.lora_linear(x, weight, bias, lora_a, lora_b, 2.0, p, True, input_fn=fn)
+    return (out, *torch.autograd.grad(out.square().sum(), (x, lora_a, lora_b)))
+
+
+def _spy(monkeypatch, owner, name: str) -> list:
+    """What ``owner.name`` returns at each call from now on."""
+    results, inside = [], getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *args: results.append(inside(*args)) or results[-1])
+    return results
+
+
 @pytest.mark.parametrize('name', ['layernorm', 'gelu'])
 @pytest.mark.parametrize('p', [0.0, 0.25])
 def test_fused_layer_gradients_equal_applying_the_function_again(kernels, monkeypatch, name, p):
     fn = _function(name)
-    torch.manual_seed(1)
-    x = torch.randn(2, 40, 48, requires_grad=True)
-    weight, bias = torch.randn(96, 48), torch.randn(96)
-    lora_a = torch.randn(4, 48, requires_grad=True)
-    lora_b = torch.randn(96, 4, requires_grad=True)
-    used = []
-    inside = LF.kernel_prologue
-    monkeypatch.setattr(LF, 'kernel_prologue', lambda *args: used.append(1) or inside(*args))
-
-    def grads():
-        torch.manual_seed(5)  # the same dropout seed for both runs
-        out = LF.lora_linear(x, weight, bias, lora_a, lora_b, 2.0, p, True, input_fn=fn)
-        return torch.autograd.grad(out.square().sum(), (x, lora_a, lora_b))
-
-    fused = grads()
-    assert used, 'the dA kernel did not apply the function'
+    prologues = _spy(monkeypatch, LF, 'kernel_prologue')
+    fused = _layer_outputs(fn, 96, p)
+    assert any(prologues), 'the dA kernel did not apply the function'
     monkeypatch.setattr(LF, 'kernel_prologue', lambda *args: None)  # backward applies the function again
-    again = grads()
-    for got, want in zip(fused, again):  # a wide layer's forward norm is the norm kernel's (its own statistics):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)  # torch's, applied again, differs by rounding
+    for got, want in zip(fused, _layer_outputs(fn, 96, p)):  # a wide layer's forward norm is the fn kernel's
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)  # (own statistics): torch's differs by rounding
 
 
 @pytest.mark.parametrize('name', sorted(FUNCTIONS))
@@ -106,25 +112,12 @@ def test_fn_kernel_writes_the_operand_and_xa_torch_would(kernels, name, p):
 @pytest.mark.parametrize('p', [0.0, 0.25])
 def test_layer_with_the_fn_kernel_equals_torch_fn_and_cast(kernels, monkeypatch, name, out_features, p):
     fn = _function(name)
-    torch.manual_seed(1)
-    x = torch.randn(2, 40, 48, requires_grad=True)
-    weight, bias = torch.randn(out_features, 48), torch.randn(out_features)
-    lora_a = torch.randn(4, 48, requires_grad=True)
-    lora_b = torch.randn(out_features, 4, requires_grad=True)
-    used = []
-    inside = kernels.fn_xa
-    monkeypatch.setattr(kernels, 'fn_xa', lambda *args: used.append(1) or inside(*args))
-
-    def run():
-        torch.manual_seed(5)  # the same dropout seed for both runs
-        out = LF.lora_linear(x, weight, bias, lora_a, lora_b, 2.0, p, True, input_fn=fn)
-        return (out, *torch.autograd.grad(out.square().sum(), (x, lora_a, lora_b)))
-
-    fused = run()
-    assert used, 'the kernel did not make the operand'
+    operands = _spy(monkeypatch, kernels, 'fn_xa')
+    fused = _layer_outputs(fn, out_features, p)
+    assert operands, 'the kernel did not make the operand'
     monkeypatch.setattr(LF, '_fn_kernel_args', lambda *args: None)  # torch's function (and cast), then the layer
-    for got, want in zip(fused, run()):  # a norm's statistics differ by float32 rounding, which the norm's
-        assert (got - want).norm() <= 1e-6 * want.norm()  # backward amplifies where its terms cancel: compare norms
+    for got, want in zip(fused, _layer_outputs(fn, out_features, p)):  # a norm's statistics differ by float32
+        assert (got - want).norm() <= 1e-6 * want.norm()  # rounding, amplified where backward's terms cancel
 
 
 def test_dx_kernel_applies_the_gelu_backward(kernels):
@@ -138,22 +131,9 @@ def test_dx_kernel_applies_the_gelu_backward(kernels):
 
 
 def test_layer_after_gelu_gets_its_input_gradient_from_the_dx_kernel(kernels, monkeypatch):
-    torch.manual_seed(1)
-    h = torch.randn(2, 40, 48, requires_grad=True)
-    weight, bias = torch.randn(24, 48), torch.randn(24)  # fc2-like: 48 -> 24
-    lora_a = torch.randn(4, 48, requires_grad=True)
-    lora_b = torch.randn(24, 4, requires_grad=True)
-
-    def grads():
-        torch.manual_seed(5)  # the same dropout seed for both runs
-        out = LF.lora_linear(h, weight, bias, lora_a, lora_b, 2.0, 0.25, True, input_fn=nn.GELU())
-        return torch.autograd.grad(out.square().sum(), (h, lora_a, lora_b))
-
-    used = []
-    inside = LF._gelu_in_kernel
-    monkeypatch.setattr(LF, '_gelu_in_kernel', lambda *args: used.append(inside(*args)) or used[-1])
-    fused = grads()
-    assert used == [True]
+    applies = _spy(monkeypatch, LF, '_gelu_in_kernel')
+    fused = _layer_outputs(nn.GELU(), 24, 0.25)  # fc2-like: 48 -> 24
+    assert applies == [True]
     monkeypatch.setattr(LF, '_gelu_in_kernel', lambda *args: False)  # torch's gelu_backward after the kernel
-    for got, want in zip(fused, grads()):  # GELU's slope cancels near its minimum: compare norms
-        assert (got - want).norm() <= 1e-6 * want.norm()
+    for got, want in zip(fused, _layer_outputs(nn.GELU(), 24, 0.25)):  # GELU's slope cancels near its minimum:
+        assert (got - want).norm() <= 1e-6 * want.norm()  # compare norms
