@@ -2,6 +2,7 @@
 
 The whole plan is checked before the model is touched, so a bad config raises and leaves the model as it was.
 """
+import collections
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Tuple, Union
 
@@ -180,7 +181,10 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
     report = LoRAReport(adapter_name=adapter_name)
     active = next((layer.active_adapter for _, layer in iter_lora_layers(model)), None)
     compute_dtype = cfg.torch_compute_dtype
-    for name, module, rank, alpha in plan:
+    pending = collections.deque(plan)  # popped as they are wrapped: a replaced float layer is freed at once
+    del plan
+    while pending:
+        name, module, rank, alpha = pending.popleft()
         if not isinstance(module, LoRALayer):
             base = module
             if cfg.quantize_bits and lora_layer_class(base) is not LoRAConv and not is_quantized(base):

@@ -136,6 +136,20 @@ def test_quantized_layer_keeps_the_bias_dtype(bits):
     assert torch.equal(layer.bias, linear.bias)
 
 
+def test_each_float_layer_is_freed_once_quantized(monkeypatch):
+    """apply_lora holds no replaced float layer while it quantizes the next: the build needs the float model plus
+    one layer's copy, not the float model and the whole quantized one (PEFT + bitsandbytes swaps layer by layer)."""
+    import weakref
+    from opentad_lora.peft import inject
+    model = nn.Sequential(*(nn.Linear(64, 64) for _ in range(3)))
+    originals = [weakref.ref(layer) for layer in model]
+    alive, quantize = [], inject.quantize_linear
+    monkeypatch.setattr(inject, 'quantize_linear',
+                        lambda *args: alive.append(sum(ref() is not None for ref in originals)) or quantize(*args))
+    apply_lora(model, dict(r=4, targets=['0', '1', '2'], quantize_bits=4))
+    assert alive == [3, 2, 1]
+
+
 def test_eval_forward_of_a_disabled_4bit_layer_keeps_training_working():
     """bitsandbytes' CPU inference repacking must not break later training or dequantization."""
     model = MLP()
