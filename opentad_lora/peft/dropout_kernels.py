@@ -226,6 +226,12 @@ def new_seed(device: torch.device) -> Tensor:
     return torch.randint(0, 2 ** 31 - 1, (1,), device=device, dtype=torch.int64)
 
 
+def rows(x: Tensor) -> Tensor:
+    """``x`` as ``(N, K)`` rows with unit column stride (the row stride may be larger), as the kernels read it."""
+    x2d = x.reshape(-1, x.shape[-1])
+    return x2d if x2d.stride(-1) == 1 else x2d.contiguous()
+
+
 def _padded_rank(rank: int) -> int:
     return max(16, 1 << (rank - 1).bit_length())  # tl.dot wants power-of-two tiles of at least 16
 

@@ -127,8 +127,11 @@ _cast_once = _CastCache()
 def _fn_kernel_args(input_fn: nn.Module, weight: Optional[Tensor], x: Tensor, rank: int,
                     autocast: bool) -> Optional[Tuple[Prologue, float]]:
     """The input function as :func:`_fn_operand` applies it (see :func:`.input_fn.forward_prologue`), or None: on
-    the Triton kernels' devices only, with a frozen base (a trainable one needs ``fn(x)`` for its gradient)."""
+    the Triton kernels' devices only, with a frozen base (a trainable one needs ``fn(x)`` for its gradient) and a
+    compute dtype of at most float32 precision (the kernel computes ``fn`` in float32)."""
     if weight is not None and weight.requires_grad or not kernel_applies(x, rank):
+        return None
+    if _compute_dtype(x) not in (torch.float32, torch.bfloat16, torch.float16):
         return None
     return forward_prologue(input_fn, x, autocast)
 
@@ -147,9 +150,7 @@ def _fn_operand(x: Tensor, fn_args: Tuple[Prologue, float], lora_a: Tensor, drop
     passes over the widest activations cost more than ``fn`` itself. Returns the operand, ``xa``, the dropout way and
     seed (``'kernel'``, or None without dropout) and a norm's statistics for backward (shaped as torch's)."""
     seed = kernels().new_seed(x.device) if dropout_p else None
-    x2d = x.reshape(-1, x.shape[-1])
-    operand, xa, mean, rstd = kernels().fn_xa(x2d if x2d.stride(-1) == 1 else x2d.contiguous(), *fn_args, lora_a,
-                                              seed, dropout_p, dtype)
+    operand, xa, mean, rstd = kernels().fn_xa(kernels().rows(x), *fn_args, lora_a, seed, dropout_p, dtype)
     stats = () if mean is None else tuple(t.view(*x.shape[:-1], 1) for t in (mean, rstd))
     return operand, xa, None if seed is None else 'kernel', seed, stats
 
@@ -200,18 +201,17 @@ class FusedLoRALinear(torch.autograd.Function):
             operand, xa, dropout_way, dropout_saved, fn_saved = _fn_operand(x, fn_args, a_c, dropout_p if dropout
                                                                             else 0.0, dtype)
             source = operand[:, :in_features]
-        elif input_fn is None:
-            source, operand = _cast_once(x, dtype, spare)
         else:
-            source, fn_aux = apply_input_fn(input_fn, x, autocast)
-            (source, operand), fn_saved = _cast(source, dtype, spare), aux_to_save(input_fn, fn_aux)
+            if input_fn is None:
+                source, operand = _cast_once(x, dtype, spare)
+            else:
+                source, fn_aux = apply_input_fn(input_fn, x, autocast)
+                (source, operand), fn_saved = _cast(source, dtype, spare), aux_to_save(input_fn, fn_aux)
+            if dropout:
+                xa, dropout_way, dropout_saved = dropout_forward(source, a_c, dropout_p)
+            else:
+                xa = source.reshape(-1, in_features) @ a_c.t()  # (N, r): the only extra activation LoRA keeps
         x2d = source.reshape(-1, in_features)
-        if fn_args is not None:
-            pass
-        elif dropout:
-            xa, dropout_way, dropout_saved = dropout_forward(source, a_c, dropout_p)
-        else:
-            xa = x2d @ a_c.t()  # (N, r): the only extra activation LoRA keeps
         if concat:
             if operand is None:
                 operand = torch.cat([x2d, xa], dim=1)

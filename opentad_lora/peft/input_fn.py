@@ -81,9 +81,10 @@ def input_fn_backward(fn: nn.Module, grad: Tensor, x: Tensor, aux: Any) -> Tenso
 
 
 class Prologue(NamedTuple):
-    """What a Triton kernel needs to compute ``fn(x)`` from ``x`` in registers instead of ``fn(x)`` being recomputed
-    in memory (:func:`.dropout_kernels.grad_a`): ``kind`` 1 is a LayerNorm over the last dimension with forward's
-    per-row ``mean``/``rstd`` (float32) and its affine ``weight``/``bias`` (or None), 2 the exact GELU."""
+    """What a Triton kernel needs to compute ``fn(x)`` from ``x`` in registers instead of ``fn(x)`` being written and
+    read in memory: ``kind`` 1 is a LayerNorm over the last dimension with its affine ``weight``/``bias`` (or None)
+    and, for the dA kernel (:func:`.dropout_kernels.grad_a`), forward's per-row ``mean``/``rstd`` (float32; the
+    forward kernel :func:`.dropout_kernels.fn_xa` computes them), 2 the exact GELU."""
     kind: int
     mean: Optional[Tensor] = None
     rstd: Optional[Tensor] = None

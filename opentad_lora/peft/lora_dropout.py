@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 _CHOICES = ('auto', 'torch', 'interpret')
-_KERNEL_MAX_ELEMENTS = 2 ** 31 - 1  # the kernels' Philox offsets are int32 element indices
+_KERNEL_MAX_ELEMENTS = 2 ** 31 - 1  # the kernels' offsets and Philox counters are int32 element indices
 
 
 def kernels():
@@ -40,11 +40,13 @@ def kernels():
 
 def kernel_applies(x: Tensor, rank: int) -> bool:
     """Whether the Triton kernels serve this input (any shape): a CUDA tensor (or a CPU one with ``=interpret``),
-    Triton installed, fewer than 2**31 elements, rank <= 128, not inside ``torch.compile``."""
+    Triton installed, an ``(N, K + rank)`` operand of fewer than 2**31 elements (the kernels' offsets are int32),
+    rank <= 128, not inside ``torch.compile``."""
     choice = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL', 'auto')
     if choice not in _CHOICES:
         raise ValueError(f'OPENTAD_LORA_DROPOUT_KERNEL={choice!r}: use one of {_CHOICES} (or leave it unset).')
-    if choice == 'torch' or x.numel() > _KERNEL_MAX_ELEMENTS or rank > 128:
+    width = max(x.shape[-1], 1)
+    if choice == 'torch' or x.numel() // width * (width + rank) > _KERNEL_MAX_ELEMENTS or rank > 128:
         return False
     if torch.compiler.is_compiling():  # compiled steps: inductor fuses torch's dropout itself
         return False
@@ -86,9 +88,8 @@ def dropout_forward(source: Tensor, lora_a: Tensor, dropout_p: float) -> Tuple[T
     """
     x2d = source.reshape(-1, source.shape[-1])
     if kernel_applies(x2d, lora_a.shape[0]):
-        seed = kernels().new_seed(source.device)
-        rows = x2d if x2d.stride(-1) == 1 else x2d.contiguous()  # rows may be strided (a wide layer's operand)
-        return kernels().dropout_xa(rows, lora_a, seed, dropout_p), 'kernel', seed
+        seed = kernels().new_seed(source.device)  # rows may be strided (a wide layer's operand)
+        return kernels().dropout_xa(kernels().rows(x2d), lora_a, seed, dropout_p), 'kernel', seed
     state = None if torch.compiler.is_compiling() else _rng_state(source.device)
     dropped, mask = torch.ops.aten.native_dropout(source, dropout_p, True)
     xa = dropped.reshape(x2d.shape) @ lora_a.t()

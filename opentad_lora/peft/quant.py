@@ -165,19 +165,21 @@ def _int8_scales(layer: nn.Module) -> Tensor:
     return holder.SCB
 
 
-def dequantize_linear(layer: nn.Module) -> nn.Linear:
-    """A float32 ``nn.Linear`` with the dequantized weight (and bias) of a bitsandbytes layer."""
+def dequantize_linear(layer: nn.Module, bias_dtype: torch.dtype = torch.float32) -> nn.Linear:
+    """A float32 ``nn.Linear`` with the dequantized weight (and the bias, in ``bias_dtype``) of a bitsandbytes
+    layer."""
     weight = dequantize_weight(layer)
     out = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None, device=weight.device)
     out.weight.data.copy_(weight)
     if layer.bias is not None:
-        out.bias.data.copy_(layer.bias.data.float())
+        out.bias = nn.Parameter(layer.bias.data.to(bias_dtype, copy=True))
     return out.requires_grad_(False)
 
 
 def requantize_like(layer: nn.Module, weight: Tensor) -> nn.Module:
-    """A new bitsandbytes layer of the same kind and options as ``layer`` holding ``weight``."""
-    float_layer = dequantize_linear(layer)
+    """A new bitsandbytes layer of the same kind and options as ``layer`` holding ``weight`` (and its bias, in its
+    dtype)."""
+    float_layer = dequantize_linear(layer, layer.bias.dtype if layer.bias is not None else torch.float32)
     float_layer.weight.data.copy_(weight)
     bits = quantized_bits(layer)
     if bits == 4:

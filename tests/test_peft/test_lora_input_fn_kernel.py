@@ -1,8 +1,9 @@
-"""The dA kernel that applies a LoRA layer's input function (LayerNorm, GELU) itself, from the saved input and
-forward's statistics, instead of backward applying it again in memory (Triton, run here by its CPU interpreter).
+"""The Triton kernels that apply a LoRA layer's input function (LayerNorm, GELU) themselves (run here by Triton's
+CPU interpreter): the dA kernel, from the saved input and forward's statistics, instead of backward applying it
+again in memory; the forward kernel writing ``[fn(x) | xA]``; the dx kernel applying GELU's backward.
 
 Float32 only: the interpreter's bfloat16 ``tl.dot`` is wrong (1e11 off on plain products); the bfloat16 path is
-checked on the GPU by ``benchmarks/cuda_parity.py`` (``prologue`` cases)."""
+checked on the GPU by ``benchmarks/cuda_parity.py`` (``kernel_prologue`` and ``_fn_kernel_args`` cases)."""
 import pytest
 import torch
 from torch import nn
@@ -12,10 +13,10 @@ pytest.importorskip('triton', reason='the kernels need Triton (requirements/test
 from opentad_lora.peft import functional as LF  # noqa: E402
 from opentad_lora.peft.input_fn import Prologue  # noqa: E402
 
-FUNCTIONS = {
-    'layernorm': lambda: nn.LayerNorm(48),
-    'layernorm-plain': lambda: nn.LayerNorm(48, elementwise_affine=False),
-    'gelu': nn.GELU,
+FUNCTIONS = {  # name -> the function over ``width`` features
+    'layernorm': nn.LayerNorm,
+    'layernorm-plain': lambda width: nn.LayerNorm(width, elementwise_affine=False),
+    'gelu': lambda width: nn.GELU(),
 }
 
 
@@ -27,9 +28,9 @@ def kernels(monkeypatch):
     return dropout_kernels
 
 
-def _function(name: str) -> nn.Module:
+def _function(name: str, width: int = 48) -> nn.Module:
     torch.manual_seed(3)
-    fn = FUNCTIONS[name]()
+    fn = FUNCTIONS[name](width)
     for param in fn.parameters():
         param.data.uniform_(0.5, 1.5).requires_grad_(False)
     return fn
@@ -86,11 +87,12 @@ def test_fused_layer_gradients_equal_applying_the_function_again(kernels, monkey
 
 @pytest.mark.parametrize('name', sorted(FUNCTIONS))
 @pytest.mark.parametrize('p', [0.0, 0.25])
-def test_fn_kernel_writes_the_operand_and_xa_torch_would(kernels, name, p):
+@pytest.mark.parametrize('width', [48, 200])  # one tile of 64 columns; several, the last one partial
+def test_fn_kernel_writes_the_operand_and_xa_torch_would(kernels, name, p, width):
     torch.manual_seed(0)
-    fn = _function(name)
-    x = torch.randn(70, 48) * 3 + 2  # rows that are not a multiple of the kernel's 32
-    lora_a = torch.randn(5, 48)
+    fn = _function(name, width)
+    x = torch.randn(70, width) * 3 + 2  # rows that are not a multiple of the kernel's 32
+    lora_a = torch.randn(5, width)
     seed = torch.tensor([11]) if p else None
     norm = name != 'gelu'
     prologue = Prologue(1, weight=fn.weight, bias=fn.bias) if norm else Prologue(2)
@@ -103,9 +105,9 @@ def test_fn_kernel_writes_the_operand_and_xa_torch_would(kernels, name, p):
         y = fn(x)
         assert mean is None and rstd is None
     mask = kernels.keep_mask(seed, tuple(x.shape), p, x.device) / (1 - p) if p else torch.ones_like(x)
-    torch.testing.assert_close(operand[:, :48], y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(operand[:, :width], y, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(xa, (y * mask) @ lora_a.t(), rtol=1e-5, atol=1e-4)
-    assert torch.equal(operand[:, 48:], xa)
+    assert torch.equal(operand[:, width:], xa)
 
 
 @pytest.mark.parametrize('name, out_features', [('layernorm', 144), ('gelu', 24)])  # qkv-like, fc2-like
@@ -120,11 +122,12 @@ def test_layer_with_the_fn_kernel_equals_torch_fn_and_cast(kernels, monkeypatch,
         assert (got - want).norm() <= 1e-6 * want.norm()  # rounding, amplified where backward's terms cancel
 
 
-def test_dx_kernel_applies_the_gelu_backward(kernels):
+@pytest.mark.parametrize('width', [48, 200])
+def test_dx_kernel_applies_the_gelu_backward(kernels, width):
     torch.manual_seed(0)
-    grad, h = torch.randn(70, 48), torch.randn(70, 48) * 2
-    g, lora_a, seed = torch.randn(70, 5), torch.randn(5, 48), torch.tensor([13])
-    mask = kernels.keep_mask(seed, (70, 48), 0.25, h.device) / 0.75
+    grad, h = torch.randn(70, width), torch.randn(70, width) * 2
+    g, lora_a, seed = torch.randn(70, 5), torch.randn(5, width), torch.tensor([13])
+    mask = kernels.keep_mask(seed, (70, width), 0.25, h.device) / 0.75
     want = torch.ops.aten.gelu_backward(grad + mask * (g @ lora_a), h)
     got = kernels.add_dropout_grad_x(grad.clone(), g, lora_a, seed, 0.25, gelu_input=h)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -137,3 +140,15 @@ def test_layer_after_gelu_gets_its_input_gradient_from_the_dx_kernel(kernels, mo
     monkeypatch.setattr(LF, '_gelu_in_kernel', lambda *args: False)  # torch's gelu_backward after the kernel
     for got, want in zip(fused, _layer_outputs(nn.GELU(), 24, 0.25)):  # GELU's slope cancels near its minimum:
         assert (got - want).norm() <= 1e-6 * want.norm()  # compare norms
+
+
+def test_fn_kernel_is_not_used_beyond_float32_precision_or_int32_offsets(kernels, monkeypatch):
+    operands = _spy(monkeypatch, kernels, 'fn_xa')
+    norm = nn.LayerNorm(48, dtype=torch.float64).requires_grad_(False)
+    x = torch.randn(2, 40, 48, dtype=torch.float64)
+    LF.lora_linear(x, torch.randn(144, 48, dtype=torch.float64), None, torch.randn(4, 48, dtype=torch.float64),
+                   torch.randn(144, 4, dtype=torch.float64), 2.0, input_fn=norm)
+    assert operands == []  # the kernel computes in float32: float64 keeps torch's norm
+    rows = (2 ** 31 - 1) // 64  # an (N, 64) input within int32 offsets, its (N, 64 + 16) operand beyond them
+    assert LF.kernel_applies(torch.zeros(1, 1).expand(rows, 64), 0)
+    assert not LF.kernel_applies(torch.zeros(1, 1).expand(rows, 64), 16)

@@ -134,6 +134,10 @@ def test_quantized_layer_keeps_the_bias_dtype(bits):
     layer = quantize_linear(linear, bits, 'nf4', True, compute_dtype=torch.bfloat16 if bits == 4 else None)
     assert layer.bias.dtype == torch.bfloat16 and not layer.bias.requires_grad
     assert torch.equal(layer.bias, linear.bias)
+    model = nn.Sequential(layer)
+    apply_lora(model, dict(r=4, targets=['0']))
+    merge_lora(model)  # re-quantizes the merged weight
+    assert model[0].base_layer.bias.dtype == torch.bfloat16 and torch.equal(model[0].base_layer.bias, linear.bias)
 
 
 def test_each_float_layer_is_freed_once_quantized(monkeypatch):
