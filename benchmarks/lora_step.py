@@ -7,6 +7,7 @@ timm's ``VisionTransformer`` (as in shared/bench/anchor_lora_step.py) so PEFT an
 
     python benchmarks/lora_step.py --arch vit_b --batch 128
     python benchmarks/lora_step.py --arch vit_h --batch 64 --modes floor,full,peft_lora,ours_lora
+    python benchmarks/lora_step.py --model ours --modes floor,ours_lora,ours_qlora4   # our ViT blocks
 
 A mode name ending in ``_compile`` is that mode under ``torch.compile``; ``_compile_cudagraphs`` adds
 ``mode='reduce-overhead'`` (the step's kernels replayed as CUDA graphs, which removes the host's per-kernel cost).
@@ -40,14 +41,20 @@ MODES = ('floor', 'full', 'peft_lora', 'peft_qlora4', 'ours_lora', 'ours_lora_un
 COMPILE_SUFFIXES = {'_compile_cudagraphs': dict(mode='reduce-overhead'), '_compile': {}}
 
 
-def build(arch: str) -> nn.Module:
-    """timm's ViT (the anchor's model) when timm imports, else ours (same module names and shapes)."""
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-        return VisionTransformer(num_classes=0, global_pool='avg', **ARCHS[arch])
-    except Exception:  # timm needs torchvision, which CPU-only machines may lack
-        from opentad_lora.models.backbones.vit import VisionTransformer
-        return VisionTransformer(out_type='cls', **ARCHS[arch])
+def build(arch: str, model: str = 'timm') -> nn.Module:
+    """timm's ViT (the anchor's model) when timm imports, else ours (same module names and shapes).
+
+    ``model='ours'`` takes our ViT in any case: its blocks hand their norms and GELU to the LoRA layers
+    (:func:`opentad_lora.peft.linear_after`), so on CUDA those layers take the kernels that apply them
+    (``dropout_kernels.fn_xa``), which timm's blocks, applying them before the layer, cannot use."""
+    if model == 'timm':
+        try:
+            from timm.models.vision_transformer import VisionTransformer
+            return VisionTransformer(num_classes=0, global_pool='avg', **ARCHS[arch])
+        except Exception:  # timm needs torchvision, which CPU-only machines may lack
+            pass
+    from opentad_lora.models.backbones.vit import VisionTransformer
+    return VisionTransformer(out_type='cls', **ARCHS[arch])
 
 
 def _peft_qlora_swap(model: nn.Module) -> None:
@@ -108,6 +115,7 @@ def main() -> None:
     parser.add_argument('--iters', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--modes', default=','.join(MODES))
+    parser.add_argument('--model', default='timm', choices=('timm', 'ours'), help="whose ViT blocks (see build)")
     parser.add_argument('--cpu-smoke', action='store_true', help='tiny model, 2 steps per mode, on CPU')
     args = parser.parse_args()
     if args.cpu_smoke:
@@ -118,7 +126,7 @@ def main() -> None:
     size = ARCHS[args.arch]['img_size']
     height, width = size if isinstance(size, tuple) else (size, size)
     torch.manual_seed(0)
-    reference = build(args.arch)
+    reference = build(args.arch, args.model)
     baselines = {}  # 'floor' and 'infer_base' ms, for the ratios of the modes after them
     for mode in args.modes.split(','):
         torch.manual_seed(0)
@@ -139,7 +147,7 @@ def main() -> None:
             row = dict(error=f'{type(err).__name__}: {err}'[:300])
         model = None
         # printed as soon as measured: a run cut short by a time limit keeps the modes it finished
-        print(json.dumps(dict(mode=mode, arch=args.arch, batch=args.batch, rank=args.rank, **row,
+        print(json.dumps(dict(mode=mode, arch=args.arch, model=args.model, batch=args.batch, rank=args.rank, **row,
                               gpu=torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
                               torch=torch.__version__)), flush=True)
 

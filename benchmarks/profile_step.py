@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--top', type=int, default=25)
     parser.add_argument('--modes', default='floor,ours_lora')
+    parser.add_argument('--model', default='timm', choices=('timm', 'ours'), help="whose ViT (lora_step.build)")
     parser.add_argument('--cpu-smoke', action='store_true', help='tiny model, 1 profiled step per mode, on CPU')
     args = parser.parse_args()
     device = 'cpu' if args.cpu_smoke else 'cuda'
@@ -84,13 +85,13 @@ def main() -> None:
     size = ARCHS[args.arch]['img_size']
     height, width = size if isinstance(size, tuple) else (size, size)
     torch.manual_seed(0)
-    reference = build(args.arch)
+    reference = build(args.arch, args.model)
     for mode in args.modes.split(','):
         torch.manual_seed(0)
         model = prepare(mode, copy.deepcopy(reference), args.rank, device)
         x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode == 'floor')
         time_steps(model, x, 1, args.warmup)
-        print(json.dumps(dict(mode=mode, arch=args.arch, batch=args.batch, **issue_ms(model, x, 5),
+        print(json.dumps(dict(mode=mode, arch=args.arch, model=args.model, batch=args.batch, **issue_ms(model, x, 5),
                               **kernel_table(model, x, args.iters, args.top))), flush=True)
         del model
         if device == 'cuda':
