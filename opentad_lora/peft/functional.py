@@ -124,14 +124,14 @@ def _cast(x: Tensor, dtype: torch.dtype, spare: int = 0) -> Tuple[Tensor, Option
 _cast_once = _CastCache()
 
 
-def _fn_kernel_args(input_fn: nn.Module, weight: Optional[Tensor], x: Tensor, rank: int,
-                    autocast: bool) -> Optional[Tuple[Prologue, float]]:
+def _fn_kernel_args(input_fn: nn.Module, weight: Optional[Tensor], x: Tensor, rank: int, autocast: bool,
+                    dtype: torch.dtype) -> Optional[Tuple[Prologue, float]]:
     """The input function as :func:`_fn_operand` applies it (see :func:`.input_fn.forward_prologue`), or None: on
     the Triton kernels' devices only, with a frozen base (a trainable one needs ``fn(x)`` for its gradient) and a
-    compute dtype of at most float32 precision (the kernel computes ``fn`` in float32)."""
+    compute ``dtype`` of at most float32 precision (the kernel computes ``fn`` in float32)."""
     if weight is not None and weight.requires_grad or not kernel_applies(x, rank):
         return None
-    if _compute_dtype(x) not in (torch.float32, torch.bfloat16, torch.float16):
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return None
     return forward_prologue(input_fn, x, autocast)
 
@@ -179,7 +179,7 @@ class FusedLoRALinear(torch.autograd.Function):
         dtype = _compute_dtype(x)
         in_features, (out_features, rank) = x.shape[-1], lora_b.shape
         wide = out_features >= 2 * in_features  # the output is the widest tensor: [x | xa] @ [W | sB].T
-        fn_args = _fn_kernel_args(input_fn, weight, x, rank, autocast) if input_fn is not None else None
+        fn_args = _fn_kernel_args(input_fn, weight, x, rank, autocast, dtype) if input_fn is not None else None
         concat = wide or fn_args is not None  # [x | xa] @ [W | sB].T, also where a kernel writes [fn(x) | xa]
         weight_cat = None  # [W | sB], when the cast weight can be written straight into it
         if concat and dequantize is None and weight.dtype != dtype:
