@@ -2,7 +2,13 @@
 
 bitsandbytes quantizes a ``Params4bit``/``Int8Params`` when it is moved to a device; both layers run on CPU with
 bitsandbytes >= 0.45, so QLoRA is tested without a GPU. The import is lazy: a float-only user never loads bnb.
+
+4-bit weights are dequantized by :mod:`.nf4_kernels` (one Triton launch) where it applies: CUDA, or CPU through
+Triton's interpreter with ``OPENTAD_LORA_DEQUANT_KERNEL=interpret`` (tests; needs ``TRITON_INTERPRET=1`` before Triton
+is imported); ``=bnb`` always uses bitsandbytes' ops (the same bits).
 """
+import functools
+import os
 from typing import Optional
 
 import torch
@@ -71,22 +77,55 @@ def quantize_linear(linear: nn.Linear, bits: int, quant_type: str = 'nf4', doubl
     return layer.to(device)  # bitsandbytes quantizes on this move, on the target device
 
 
-def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32) -> Tensor:
+def dequantize_weight(layer: nn.Module, dtype: torch.dtype = torch.float32, out: Optional[Tensor] = None) -> Tensor:
     """The weight of a bitsandbytes layer in ``dtype``, bit for bit ``dequantize_4bit(...).to(dtype)`` (4-bit).
 
     It runs in every QLoRA forward and backward, where eager steps are host-bound: each path issues as few ops as
-    its result allows (see :func:`_dequantize_4bit` and :func:`_dequantize_8bit`).
+    its result allows (see :func:`_dequantize_4bit` and :func:`_dequantize_8bit`). With ``out`` (the weight's shape,
+    ``dtype``, unit column stride, any row stride: e.g. the first columns of a wider operand) it is written there and
+    ``out`` returned.
     """
     bits = quantized_bits(layer)
     if bits == 4:
-        return _dequantize_4bit(layer, dtype)
+        return _dequantize_4bit(layer, dtype, out)
     if bits == 8:
-        return _dequantize_8bit(layer, dtype)
+        return _dequantize_8bit(layer, dtype, out)
     raise TypeError(f'{type(layer).__name__} is not a bitsandbytes quantized layer.')
 
 
-def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype) -> Tensor:
-    """``bnb.functional.dequantize_4bit(weight, quant_state).to(dtype)`` with one 4-bit op producing ``dtype``.
+@functools.cache
+def _dequant_kernels():
+    """:mod:`.nf4_kernels`, or None without Triton."""
+    try:
+        from . import nf4_kernels
+    except ImportError:  # no Triton
+        return None
+    return nf4_kernels
+
+
+_KERNEL_CHOICES = ('auto', 'bnb', 'interpret')
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _dequant_kernel_applies(weight: Tensor, state, dtype: torch.dtype, out: Optional[Tensor]) -> bool:
+    """Whether :mod:`.nf4_kernels` serves this weight: CUDA (or CPU with ``=interpret``), Triton installed, uint8
+    storage of a 2-D weight, a float output dtype, int32 offsets (weight and ``out``), not inside ``torch.compile``."""
+    choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'auto')
+    if choice not in _KERNEL_CHOICES:
+        raise ValueError(f'OPENTAD_LORA_DEQUANT_KERNEL={choice!r}: use one of {_KERNEL_CHOICES} (or leave it unset).')
+    device = weight.device.type
+    if choice == 'bnb' or not (device == 'cuda' or (device == 'cpu' and choice == 'interpret')):
+        return False
+    if weight.dtype != torch.uint8 or dtype not in _KERNEL_DTYPES or len(state.shape) != 2:
+        return False
+    if max(weight.numel() * 2, 0 if out is None else out.shape[0] * out.stride(0)) >= 2 ** 31:
+        return False
+    return not torch.compiler.is_compiling() and _dequant_kernels() is not None
+
+
+def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
+    """``bnb.functional.dequantize_4bit(weight, quant_state).to(dtype)``: one Triton launch where
+    :func:`_dequant_kernel_applies`, else one 4-bit bitsandbytes op producing ``dtype`` (copied into ``out``).
 
     bitsandbytes' CPU and CUDA kernels compute each value as a float32 product and round it once to the output
     dtype, so asking them for ``dtype`` equals the float32 result cast. A state of another dtype (a layer quantized
@@ -97,35 +136,39 @@ def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype) -> Tensor:
     state = getattr(weight, 'quant_state', None)
     if state is None:
         state = layer.quant_state
+    out_dtype = dtype if state.dtype in (torch.float32, dtype) else state.dtype
+    if out_dtype == dtype and _dequant_kernel_applies(weight, state, dtype, out):  # the kernel reads its pointer
+        return _dequant_kernels().dequantize_4bit_into(weight, state, dtype, out)
     absmax = state.absmax
     if state.nested:
         nested = state.state2
         absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax, nested.absmax, nested.code,
                                                                      nested.blocksize, torch.float32)
         absmax += state.offset
-    out_dtype = dtype if state.dtype in (torch.float32, dtype) else state.dtype
-    out = torch.ops.bitsandbytes.dequantize_4bit.default(weight.data, absmax, state.blocksize, state.quant_type,
-                                                         state.shape, out_dtype)
-    return out if out_dtype == dtype else out.to(dtype)
+    result = torch.ops.bitsandbytes.dequantize_4bit.default(weight.data, absmax, state.blocksize, state.quant_type,
+                                                            state.shape, out_dtype)
+    if out is not None:
+        return out.copy_(result)
+    return result if out_dtype == dtype else result.to(dtype)
 
 
-def _dequantize_8bit(layer: nn.Module, dtype: torch.dtype) -> Tensor:
+def _dequantize_8bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
     """``int8 weight * scales / 127`` in ``dtype`` as one multiply by a cached ``(scales.to(dtype) / 127)`` column.
 
     The int8 weight is promoted to ``dtype`` inside the multiply (exact: |w| <= 127), which then rounds the same
-    product as ``weight.to(dtype) * column``. The columns (one float per output row and dtype) are rebuilt when the
-    scales tensor is replaced or modified in place.
+    product as ``weight.to(dtype) * column``, written into ``out`` when given. The columns (one float per output row
+    and dtype) are rebuilt when the scales tensor is replaced or modified in place.
     """
     scales = _int8_scales(layer)
     if scales.is_inference():  # no version counter to check a cached column against
-        return layer.weight.data * (scales.to(dtype) / 127.0).unsqueeze(1)
+        return torch.mul(layer.weight.data, (scales.to(dtype) / 127.0).unsqueeze(1), out=out)
     cache = layer.__dict__.get('_dequant_scale_columns')
     if cache is None or cache[0] is not scales or cache[1] != scales._version:
         cache = layer.__dict__['_dequant_scale_columns'] = (scales, scales._version, {})
     column = cache[2].get(dtype)
     if column is None:
         column = cache[2][dtype] = (scales.to(dtype) / 127.0).unsqueeze(1)
-    return layer.weight.data * column
+    return torch.mul(layer.weight.data, column, out=out)
 
 
 class _DequantizingLinear(torch.autograd.Function):

@@ -1,0 +1,144 @@
+"""The one-launch 4-bit dequantization kernel (run here by Triton's CPU interpreter): bit for bit bitsandbytes'
+``dequantize_4bit``, written into a strided view without touching its neighbours, and behind ``dequantize_weight``;
+compiled for sm_90 without FMA contraction."""
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip('triton', reason='the kernel needs Triton (requirements/tests.txt installs it)')
+bnb = pytest.importorskip('bitsandbytes')
+
+from opentad_lora.peft import dequantize_weight, quantize_linear  # noqa: E402
+from opentad_lora.peft import quant  # noqa: E402
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# two nested-absmax blocks over two column tiles; one block; a last partial block; an odd row length and element
+# count (rows start mid-byte, a padded last nibble)
+SHAPES = ((96, 200), (3, 64), (20, 30), (7, 9))
+SENTINEL = 7.0
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'interpret')  # CPU tensors too (conftest: TRITON_INTERPRET=1)
+    from opentad_lora.peft import nf4_kernels
+    calls = []
+    launch = nf4_kernels.dequantize_4bit_into
+    monkeypatch.setattr(nf4_kernels, 'dequantize_4bit_into', lambda *args: calls.append(args) or launch(*args))
+    nf4_kernels.calls = calls
+    yield nf4_kernels
+    del nf4_kernels.calls
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of a float tensor (-0.0 != 0.0, unlike ``torch.equal``)."""
+    return tensor.view(torch.int32 if tensor.dtype == torch.float32 else torch.int16)
+
+
+def _layer(shape, quant_type: str, double_quant: bool, **kwargs) -> nn.Module:
+    """A 4-bit layer of a seeded float weight whose rows span six decades (blocks differ widely in absmax)."""
+    torch.manual_seed(shape[0] * 1000 + shape[1])
+    linear = nn.Linear(shape[1], shape[0])
+    linear.weight.data.mul_(torch.logspace(-3, 3, shape[0]).unsqueeze(1))
+    return quantize_linear(linear, 4, quant_type, double_quant, **kwargs)
+
+
+def _bnb(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """bitsandbytes' ``dequantize_4bit`` asked for ``dtype`` (a float32 product rounded once, as the kernel's).
+
+    An odd row length is asked for as one even row over the same bytes (blocks and nibbles follow the flat index),
+    since there bitsandbytes' CPU op leaves its kernel for torch code (torch.compile'd per shape and dtype: slow),
+    whose FP4 table has +0.0 for code 8 where its CPU and CUDA kernels (and ours) give -0.0."""
+    state = copy.copy(layer.weight.quant_state)
+    state.dtype = dtype
+    rows, cols = state.shape
+    if cols % 2 == 0:
+        return bnb.functional.dequantize_4bit(layer.weight.data, state)
+    state.shape = torch.Size((1, rows * cols + rows % 2))
+    return bnb.functional.dequantize_4bit(layer.weight.data, state)[0, :rows * cols].view(rows, cols)
+
+
+@pytest.mark.parametrize('quant_type, double_quant', itertools.product(('nf4', 'fp4'), (True, False)))
+def test_kernel_is_bit_identical_to_bnb_into_a_strided_view(kernels, quant_type, double_quant):
+    for shape in SHAPES:
+        layer = _layer(shape, quant_type, double_quant)
+        state = layer.weight.quant_state
+        assert state.nested == double_quant
+        for dtype in DTYPES:
+            buffer = torch.full((shape[0], shape[1] + 5), SENTINEL, dtype=dtype)  # an (O, K + r) operand
+            got = kernels.dequantize_4bit_into(layer.weight.data, state, dtype, buffer[:, :shape[1]])
+            assert got.data_ptr() == buffer.data_ptr() and got.dtype == dtype and got.shape == shape
+            assert torch.equal(_bits(got), _bits(_bnb(layer, dtype))), (shape, dtype)
+            assert torch.equal(buffer[:, shape[1]:], torch.full((shape[0], 5), SENTINEL, dtype=dtype))
+    assert quant_type == 'nf4' or (_bits(got) == _bits(torch.tensor(-0.0, dtype=dtype))).any()  # FP4's -0.0 seen
+
+
+def test_kernel_refuses_an_out_of_another_shape_dtype_or_layout(kernels):
+    layer = _layer((8, 64), 'nf4', True)
+    state = layer.weight.quant_state
+    for bad in (torch.empty(8, 65), torch.empty(8, 64, dtype=torch.float16), torch.empty(64, 8).t()):
+        with pytest.raises(ValueError, match='out must be'):
+            kernels.dequantize_4bit_into(layer.weight.data, state, torch.float32, bad)
+
+
+@pytest.mark.parametrize('quant_type, double_quant', [('nf4', True), ('fp4', False)])
+def test_dequantize_weight_uses_the_kernel_and_writes_into_out(kernels, monkeypatch, quant_type, double_quant):
+    layer = _layer((20, 30), quant_type, double_quant)
+    for dtype in DTYPES:
+        buffer = torch.full((20, 34), SENTINEL, dtype=dtype)
+        before = len(kernels.calls)
+        plain, into = dequantize_weight(layer, dtype), dequantize_weight(layer, dtype, buffer[:, :30])
+        assert len(kernels.calls) == before + 2 and into.data_ptr() == buffer.data_ptr()
+        monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'bnb')
+        reference, bnb_into = dequantize_weight(layer, dtype), torch.full((20, 34), SENTINEL, dtype=dtype)
+        dequantize_weight(layer, dtype, bnb_into[:, :30])  # bitsandbytes' path copies into out
+        monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'interpret')
+        assert len(kernels.calls) == before + 2
+        for got in (plain, into, bnb_into[:, :30]):
+            assert torch.equal(_bits(got), _bits(reference))
+        assert torch.equal(buffer, bnb_into)  # the other columns untouched by either path
+
+
+def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels):
+    """A bfloat16 state read in float32 is rounded to bfloat16 first (bitsandbytes' op); a float storage (FSDP) is
+    bitsandbytes' too; an 8-bit weight is written into ``out`` by its one multiply."""
+    layer = _layer((20, 30), 'nf4', True, compute_dtype=torch.bfloat16)
+    buffer = torch.zeros(20, 31)
+    expected = _bnb(layer, torch.bfloat16).float()
+    assert torch.equal(dequantize_weight(layer, torch.float32, buffer[:, :30]), expected)
+    floats = _layer((20, 30), 'nf4', False, quant_storage=torch.float32)
+    assert torch.equal(dequantize_weight(floats, torch.bfloat16), _bnb(floats, torch.bfloat16))
+    assert not kernels.calls
+    int8 = quantize_linear(nn.Linear(30, 20), 8)
+    buffer = torch.zeros(20, 33, dtype=torch.bfloat16)
+    dequantize_weight(int8, torch.bfloat16, buffer[:, :30])
+    assert torch.equal(buffer[:, :30], dequantize_weight(int8, torch.bfloat16)) and not buffer[:, 30:].any()
+
+
+def test_kernel_compiles_for_sm90_without_fma_contraction(monkeypatch):
+    """The launch options keep the nested absmax's ``product + offset`` two roundings (no ``fma``) on the GPU, where
+    Triton's default contracts them; the interpreter never fuses, so only compiled code (PTX) shows it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
+
+    from opentad_lora.peft import nf4_kernels
+    # the kernel and the helper it calls, compiled (not interpreted) whatever TRITON_INTERPRET says
+    monkeypatch.setattr(nf4_kernels, '_to_element', JITFunction(nf4_kernels._to_element.fn))
+    kernel = JITFunction(nf4_kernels._dequantize_4bit_kernel.fn)
+    signature = dict(packed_ptr='*u8', absmax_ptr='*u8', code_ptr='*fp32', absmax2_ptr='*fp32', code2_ptr='*fp32',
+                     offset_ptr='*fp32', out_ptr='*bf16', ROWS='i32', COLS='i32', SO='i32', BLOCKSIZE='constexpr',
+                     BLOCKSIZE2='constexpr', NESTED='constexpr', BLOCK_R='constexpr', BLOCK_C='constexpr')
+    constexprs = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=True, BLOCK_R=nf4_kernels.BLOCK_R,
+                      BLOCK_C=nf4_kernels.BLOCK_C)
+    fmas = []
+    for fusion in (nf4_kernels.LAUNCH_OPTIONS['enable_fp_fusion'], True):
+        compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constexprs),
+                                  target=GPUTarget('cuda', 90, 32),
+                                  options={**nf4_kernels.LAUNCH_OPTIONS, 'enable_fp_fusion': fusion})
+        assert compiled.asm['cubin']
+        fmas.append(compiled.asm['ptx'].count('fma.rn.f32'))
+    assert fmas[0] == 0 < fmas[1]
