@@ -25,9 +25,10 @@ or read again for ``xA``, and the low-rank product is added inside the GEMM.
 Both forms issue about as many host-side operations as each other, which matters as much as GPU time: eager LoRA
 steps are often bound by the host issuing kernels (benchmarks/RESULTS.md).
 
-For a quantized (QLoRA) base the same function takes a ``dequantize`` callable instead of a weight: the 4/8-bit
-weight is dequantized to the compute dtype in forward and again in backward (weight-only quantization: activations
-stay in float), so no dequantized weight outlives its GEMM unless ``keep_dequantized`` asks for it.
+For a quantized (QLoRA) base the same function takes a ``dequantize(dtype, out=None)`` callable instead of a
+weight: the 4/8-bit weight is dequantized to the compute dtype in forward (straight into ``[W | sB]`` where that is
+made) and again in backward (weight-only quantization: activations stay in float), so no dequantized weight outlives
+its GEMM unless ``keep_dequantized`` asks for it.
 
 A layer that reads a norm's or an activation's output (``qkv(norm1(x))``, ``fc2(gelu(h))``) can take that
 function as ``input_fn`` (:mod:`.input_fn`): it then keeps the function's input, which the function keeps anyway,
@@ -158,8 +159,8 @@ def _fn_operand(x: Tensor, fn_args: Tuple[Prologue, float], lora_a: Tensor, drop
 class FusedLoRALinear(torch.autograd.Function):
     """``x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with a hand-written, memory-lean backward.
 
-    ``weight`` is the base weight, or None together with ``dequantize(dtype) -> Tensor`` for a quantized base, whose
-    dequantized weight is made again in backward (as bitsandbytes does) unless ``keep_dequantized``.
+    ``weight`` is the base weight, or None together with ``dequantize(dtype, out=None) -> Tensor`` for a quantized
+    base, whose dequantized weight is made again in backward (as bitsandbytes does) unless ``keep_dequantized``.
 
     Saved for backward: the compute-dtype input (the caller's own tensor when no cast is needed, one shared cast copy
     otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout a seed or generator state instead of the mask
@@ -171,7 +172,7 @@ class FusedLoRALinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,
                 scaling: float, dropout_p: float, training: bool,
-                dequantize: Optional[Callable[[torch.dtype], Tensor]] = None,
+                dequantize: Optional[Callable[..., Tensor]] = None,
                 keep_dequantized: bool = False, input_fn: Optional[nn.Module] = None) -> Tensor:
         # Every operand is cast to the compute dtype explicitly, so autocast (if on) has nothing left to do here;
         # the body is kept short because eager LoRA steps are often bound by the host issuing kernels.
@@ -181,10 +182,11 @@ class FusedLoRALinear(torch.autograd.Function):
         wide = out_features >= 2 * in_features  # the output is the widest tensor: [x | xa] @ [W | sB].T
         fn_args = _fn_kernel_args(input_fn, weight, x, rank, autocast, dtype) if input_fn is not None else None
         concat = wide or fn_args is not None  # [x | xa] @ [W | sB].T, also where a kernel writes [fn(x) | xa]
-        weight_cat = None  # [W | sB], when the cast weight can be written straight into it
-        if concat and dequantize is None and weight.dtype != dtype:
-            weight_cat = torch.empty(out_features, in_features + rank, dtype=dtype, device=weight.device)
-            base_weight = weight_cat[:, :in_features].copy_(weight)
+        weight_cat = None  # [W | sB], when the cast or dequantized weight can be written straight into it
+        if concat and (dequantize is not None or weight.dtype != dtype):
+            weight_cat = torch.empty(out_features, in_features + rank, dtype=dtype, device=lora_b.device)
+            head = weight_cat[:, :in_features]
+            base_weight = dequantize(dtype, head) if dequantize is not None else head.copy_(weight)
         else:
             base_weight = dequantize(dtype) if dequantize is not None else _as(weight, dtype)
         # B is scaled once, here, for both passes (in place in [W | sB] if that exists: no torch.cat of W)
@@ -334,10 +336,11 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tenso
     return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 
 
-def qlora_linear(x: Tensor, dequantize: Callable[[torch.dtype], Tensor], bias: Optional[Tensor], lora_a: Tensor,
+def qlora_linear(x: Tensor, dequantize: Callable[..., Tensor], bias: Optional[Tensor], lora_a: Tensor,
                  lora_b: Tensor, scaling: float, dropout_p: float = 0.0, training: bool = False,
                  fused: bool = True, keep_dequantized: bool = False, input_fn: Optional[nn.Module] = None) -> Tensor:
-    """LoRA linear forward for a quantized base given by ``dequantize(dtype)``; fused unless ``fused=False``.
+    """LoRA linear forward for a quantized base given by ``dequantize(dtype, out=None)`` (the weight in ``dtype``,
+    written into ``out`` when given); fused unless ``fused=False``.
 
     ``keep_dequantized`` keeps the dequantized weight from forward to backward instead of dequantizing again: one
     dequantization less per step, at the cost of a compute-dtype copy of every layer's weight held until backward.

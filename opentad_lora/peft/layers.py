@@ -177,8 +177,8 @@ class LoRALinear(LoRALayer):
     def _make_pair(self, r: int) -> Tuple[nn.Module, nn.Module]:
         return nn.Linear(self.in_features, r, bias=False), nn.Linear(r, self.out_features, bias=False)
 
-    def _dequantize(self, dtype: torch.dtype) -> Tensor:
-        return dequantize_weight(self.base_layer, dtype)
+    def _dequantize(self, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
+        return dequantize_weight(self.base_layer, dtype, out)
 
     def delta_weight(self, adapter_name: str) -> Tensor:
         return LF.linear_delta_weight(self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight,

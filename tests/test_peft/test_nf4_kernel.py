@@ -142,3 +142,33 @@ def test_kernel_compiles_for_sm90_without_fma_contraction(monkeypatch):
         assert compiled.asm['cubin']
         fmas.append(compiled.asm['ptx'].count('fma.rn.f32'))
     assert fmas[0] == 0 < fmas[1]
+
+
+def test_fused_qlora_layer_dequantizes_into_its_concatenated_weight(kernels, monkeypatch):
+    """A wide QLoRA layer (out >= 2 in: the ``[W | sB]`` GEMM) has the kernel write ``W`` straight into that buffer:
+    one launch per pass, no ``torch.cat`` of the weight, and the numbers of the bitsandbytes path."""
+    from opentad_lora.peft import apply_lora
+    from opentad_lora.peft import functional as LF
+    monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)  # the fused function, whatever the size
+    results = {}
+    for switch in ('bnb', 'interpret'):
+        monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', switch)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 96))
+        apply_lora(model, dict(r=4, alpha=8, targets=['0'], quantize_bits=4))
+        with torch.no_grad():
+            model[0].lora_B['default'].weight.normal_()
+        x = torch.randn(5, 32, requires_grad=True)
+        kernels.calls.clear()
+        cats = []
+        real_cat = torch.cat
+        monkeypatch.setattr(torch, 'cat', lambda tensors, *args, **kwargs: cats.append(tensors[0].shape)
+                            or real_cat(tensors, *args, **kwargs))
+        out = model(x)
+        monkeypatch.setattr(torch, 'cat', real_cat)
+        out.pow(2).sum().backward()
+        results[switch] = (out.detach(), x.grad, len(kernels.calls), cats)
+    assert torch.equal(results['bnb'][0], results['interpret'][0])
+    assert torch.equal(results['bnb'][1], results['interpret'][1])
+    assert results['interpret'][2] == 2  # forward into [W | sB], backward on its own
+    assert torch.Size((96, 32)) not in results['interpret'][3] and results['bnb'][2] == 0
