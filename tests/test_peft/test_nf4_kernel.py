@@ -3,6 +3,11 @@
 compiled for sm_90 without FMA contraction."""
 import copy
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +17,6 @@ pytest.importorskip('triton', reason='the kernel needs Triton (requirements/test
 bnb = pytest.importorskip('bitsandbytes')
 
 from opentad_lora.peft import dequantize_weight, quantize_linear  # noqa: E402
-from opentad_lora.peft import quant  # noqa: E402
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # two nested-absmax blocks over two column tiles; one block; a last partial block; an odd row length and element
@@ -118,29 +122,32 @@ def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels):
     assert torch.equal(buffer[:, :30], dequantize_weight(int8, torch.bfloat16)) and not buffer[:, 30:].any()
 
 
-def test_kernel_compiles_for_sm90_without_fma_contraction(monkeypatch):
+def test_kernel_compiles_for_sm90_without_fma_contraction():
     """The launch options keep the nested absmax's ``product + offset`` two roundings (no ``fma``) on the GPU, where
-    Triton's default contracts them; the interpreter never fuses, so only compiled code (PTX) shows it."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.jit import JITFunction
-
-    from opentad_lora.peft import nf4_kernels
-    # the kernel and the helper it calls, compiled (not interpreted) whatever TRITON_INTERPRET says
-    monkeypatch.setattr(nf4_kernels, '_to_element', JITFunction(nf4_kernels._to_element.fn))
-    kernel = JITFunction(nf4_kernels._dequantize_4bit_kernel.fn)
-    signature = dict(packed_ptr='*u8', absmax_ptr='*u8', code_ptr='*fp32', absmax2_ptr='*fp32', code2_ptr='*fp32',
-                     offset_ptr='*fp32', out_ptr='*bf16', ROWS='i32', COLS='i32', SO='i32', BLOCKSIZE='constexpr',
-                     BLOCKSIZE2='constexpr', NESTED='constexpr', BLOCK_R='constexpr', BLOCK_C='constexpr')
-    constexprs = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=True, BLOCK_R=nf4_kernels.BLOCK_R,
-                      BLOCK_C=nf4_kernels.BLOCK_C)
-    fmas = []
-    for fusion in (nf4_kernels.LAUNCH_OPTIONS['enable_fp_fusion'], True):
-        compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constexprs),
-                                  target=GPUTarget('cuda', 90, 32),
-                                  options={**nf4_kernels.LAUNCH_OPTIONS, 'enable_fp_fusion': fusion})
-        assert compiled.asm['cubin']
-        fmas.append(compiled.asm['ptx'].count('fma.rn.f32'))
+    Triton's default contracts them; the interpreter never fuses, so only compiled code (PTX) shows it. Compiled in a
+    fresh process: one where the interpreter has run keeps part of ``triton.language`` patched."""
+    script = textwrap.dedent("""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from opentad_lora.peft import nf4_kernels
+        signature = dict(packed_ptr='*u8', absmax_ptr='*u8', code_ptr='*fp32', absmax2_ptr='*fp32',
+                         code2_ptr='*fp32', offset_ptr='*fp32', out_ptr='*bf16', ROWS='i32', COLS='i32', SO='i32',
+                         BLOCKSIZE='constexpr', BLOCKSIZE2='constexpr', NESTED='constexpr', BLOCK_R='constexpr',
+                         BLOCK_C='constexpr')
+        constexprs = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=True, BLOCK_R=nf4_kernels.BLOCK_R,
+                          BLOCK_C=nf4_kernels.BLOCK_C)
+        for fusion in (nf4_kernels.LAUNCH_OPTIONS['enable_fp_fusion'], True):
+            compiled = triton.compile(triton.compiler.ASTSource(nf4_kernels._dequantize_4bit_kernel, signature,
+                                                                constexprs), target=GPUTarget('cuda', 90, 32),
+                                      options={**nf4_kernels.LAUNCH_OPTIONS, 'enable_fp_fusion': fusion})
+            assert compiled.asm['cubin']
+            print(compiled.asm['ptx'].count('fma.rn.f32'))
+        """)
+    env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
+    done = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    fmas = [int(line) for line in done.stdout.split()]
     assert fmas[0] == 0 < fmas[1]
 
 
