@@ -26,6 +26,7 @@ the distribution of ``torch.nn.functional.dropout``'s but other numbers; the CPU
 numbers). Tests run these kernels on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``) against plain torch maths on :func:`keep_mask`.
 """
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -83,10 +84,15 @@ def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, SX, KG, R, threshold, scal
     tl.store(out_ptr + rows[:, None] * R + ranks[None, :], out, mask=(rows[:, None] < N) & (ranks[None, :] < R))
 
 
+# Triton's interpreter casts float32 to bfloat16 by truncation; compiled kernels round to nearest even in hardware,
+# which the rounding by hand equals at ~10 % more time per kernel (measured on an H200)
+_INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get('TRITON_INTERPRET', '0') == '1')
+
+
 @triton.jit
 def _to_element(value, dtype: tl.constexpr):
-    """``value`` (float32) rounded to ``dtype``; bfloat16 by hand, to nearest even, which the interpreter does not."""
-    if dtype == tl.bfloat16:
+    """``value`` (float32) rounded to ``dtype``, to nearest even (bfloat16 by hand where the interpreter runs)."""
+    if dtype == tl.bfloat16 and _INTERPRETED:
         bits = value.to(tl.int32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # a float32 that bfloat16 holds exactly
         return rounded.to(tl.float32, bitcast=True).to(tl.bfloat16)
@@ -180,25 +186,33 @@ def _fn_xa_kernel(x_ptr, w_ptr, b_ptr, a_ptr, seed_ptr, op_ptr, xa_ptr, mean_ptr
         rstd = 1.0 / tl.sqrt(m2 / K + eps)
         tl.store(mean_ptr + rows, mean, mask=rows < N)
         tl.store(rstd_ptr + rows, rstd, mask=rows < N)
-    # The function's output, stored in the operand's dtype, and its rank-r product with A
+    else:  # GELU: erf and the product in one loop ran at a quarter of the memory's speed on an H200 (212
+        # registers per thread: few programs per SM), so the function is written first and read back for the product
+        for k0 in range(0, K, 128):
+            cols = k0 + tl.arange(0, 128)
+            inside = (rows[:, None] < N) & (cols[None, :] < K)
+            y = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            y = _to_element(y * 0.5 * (1.0 + tl.erf(y * 0.7071067811865476)), op_ptr.dtype.element_ty)
+            tl.store(op_ptr + rows[:, None] * SO + cols[None, :], y, mask=inside)
+        tl.debug_barrier()  # the program's stores are visible to all its threads
+    # The function's output, stored in the operand's dtype (GELU: read back), and its rank-r product with A
     if DROPOUT:
         seed = tl.load(seed_ptr)
     acc = tl.zeros((BLOCK_N, RP), dtype=tl.float32)
     for k0 in range(0, K, 64):
         cols = k0 + tl.arange(0, 64)
         inside = (rows[:, None] < N) & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0)
-        y = x.to(tl.float32)
         if FN == 1:  # as the dA kernel's prologue computes them
-            y = rstd[:, None] * (y - mean[:, None])
+            y = rstd[:, None] * (tl.load(x_ptr + rows[:, None] * SX + cols[None, :], mask=inside, other=0.0)
+                                 .to(tl.float32) - mean[:, None])
             if HAS_W:
                 y = tl.load(w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :] * y
             if HAS_B:
                 y = y + tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
+            y = _to_element(y, op_ptr.dtype.element_ty)  # beyond K, A's tile is zero; beyond N, nothing is stored
+            tl.store(op_ptr + rows[:, None] * SO + cols[None, :], y, mask=inside)
         else:
-            y = y * 0.5 * (1.0 + tl.erf(y * 0.7071067811865476))
-        y = _to_element(y, op_ptr.dtype.element_ty)  # beyond K, A's tile is zero; beyond N, nothing is stored
-        tl.store(op_ptr + rows[:, None] * SO + cols[None, :], y, mask=inside)
+            y = tl.load(op_ptr + rows[:, None] * SO + cols[None, :], mask=inside, other=0.0)
         if DROPOUT:
             y = tl.where(_keep(seed, rows, k0, KG, threshold, BLOCK_N), y, 0.0)
         a = tl.load(a_ptr + ranks[None, :] * K + cols[:, None], mask=(cols[:, None] < K) & (ranks[None, :] < R),
@@ -261,15 +275,18 @@ def grad_a(g: Tensor, x2d: Tensor, seed: Optional[Tensor], p: float, prologue: O
     n, width = x2d.shape
     rank = g.shape[1]
     words, threshold, scale = _launch_args(width, p) if seed is not None else (0, 0, 1.0)
-    col_tiles = triton.cdiv(width, TILE_K)
-    split = max(1, min(triton.cdiv(n, 64), triton.cdiv(2048, col_tiles)))  # enough programs to fill the GPU
-    partial = torch.empty(split, _padded_rank(rank), width, device=x2d.device, dtype=torch.float32)
     kind, mean, rstd, weight, bias = prologue or (0, None, None, None, None)
+    # rows per step, warps, pipeline stages: the fastest on an H200 for ViT-B/H widths (benchmarks/RESULTS.md)
+    block_n, warps, stages = (128, 4, 2) if kind == 1 else (64, 4, 3)
+    col_tiles = triton.cdiv(width, TILE_K)
+    split = max(1, min(triton.cdiv(n, block_n), triton.cdiv(1024, col_tiles)))  # programs enough to fill the GPU
+    partial = torch.empty(split, _padded_rank(rank), width, device=x2d.device, dtype=torch.float32)
     unused = partial  # pointers the kernel does not read in this configuration
     _grad_a_kernel[(col_tiles, split)](
         g.contiguous(), x2d, partial, *(unused if t is None else t for t in (seed, mean, rstd, weight, bias)), n, width,
-        words, rank, threshold, scale, split, RP=_padded_rank(rank), BLOCK_N=64, IEEE=g.dtype == torch.float32,
-        DROPOUT=seed is not None, PROLOGUE=kind, HAS_W=weight is not None, HAS_B=bias is not None)
+        words, rank, threshold, scale, split, RP=_padded_rank(rank), BLOCK_N=block_n, IEEE=g.dtype == torch.float32,
+        DROPOUT=seed is not None, PROLOGUE=kind, HAS_W=weight is not None, HAS_B=bias is not None, num_warps=warps,
+        num_stages=stages)
     return partial.sum(0)[:rank]
 
 
@@ -293,11 +310,12 @@ def fn_xa(x2d: Tensor, prologue: Prologue, eps: float, lora_a: Tensor, seed: Opt
     rstd = torch.empty_like(mean) if norm else None
     words, threshold, scale = _launch_args(width, p) if seed is not None else (0, 0, 1.0)
     unused = xa  # pointers the kernel does not read in this configuration
-    _fn_xa_kernel[(triton.cdiv(n, 32),)](
+    block_n = 32 if norm else 16  # the fastest on an H200 for ViT-B/H widths (benchmarks/RESULTS.md)
+    _fn_xa_kernel[(triton.cdiv(n, block_n),)](
         x2d, *(unused if t is None else t for t in (prologue.weight, prologue.bias)), lora_a.contiguous(),
         unused if seed is None else seed, operand, xa,
         *(unused if t is None else t for t in (mean, rstd)), n, width, x2d.stride(0), operand.stride(0), words, rank,
-        threshold, scale, eps, RP=_padded_rank(rank), BLOCK_N=32, IEEE=dtype == torch.float32,
+        threshold, scale, eps, RP=_padded_rank(rank), BLOCK_N=block_n, IEEE=dtype == torch.float32,
         DROPOUT=seed is not None, FN=prologue.kind, HAS_W=prologue.weight is not None,
         HAS_B=prologue.bias is not None)
     return operand, xa, mean, rstd
