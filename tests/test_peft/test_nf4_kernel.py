@@ -1,6 +1,6 @@
-"""The one-launch 4-bit dequantization kernel (run here by Triton's CPU interpreter): bit for bit bitsandbytes'
-``dequantize_4bit``, written into a strided view without touching its neighbours, and behind ``dequantize_weight``;
-compiled for sm_90 without FMA contraction."""
+"""The one-launch 4-bit dequantization kernels, per byte and per element (run here by Triton's CPU interpreter): bit
+for bit bitsandbytes' ``dequantize_4bit`` at any blocksize, written into a strided view without touching its
+neighbours, and behind ``dequantize_weight``; compiled for sm_90 without FMA contraction, with 16-byte stores."""
 import copy
 import itertools
 import os
@@ -19,22 +19,38 @@ bnb = pytest.importorskip('bitsandbytes')
 from opentad_lora.peft import dequantize_weight, quantize_linear  # noqa: E402
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# two nested-absmax blocks over two column tiles; one block; a last partial block; an odd row length and element
-# count (rows start mid-byte, a padded last nibble)
-SHAPES = ((96, 200), (3, 64), (20, 30), (7, 9))
+# (rows, cols, columns of the buffer past them). Even row lengths (per-byte kernel): blocks ending inside 64-value
+# chunks, over two nested-absmax blocks, into rows on 16 bytes (vectorized stores); one block; whole chunks with a
+# partial last tile of rows and of columns, rows on 16 bytes; a last partial chunk. Odd (per-element kernel): rows
+# start mid-byte, a padded last nibble.
+SHAPES = ((96, 200, 8), (3, 64, 5), (70, 320, 8), (20, 30, 5), (7, 9, 5))
 SENTINEL = 7.0
+
+
+class _Launches:
+    """A Triton kernel that logs ``name`` at each launch."""
+
+    def __init__(self, kernel, name: str, log: list):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
 
 
 @pytest.fixture
 def kernels(monkeypatch):
+    """:mod:`nf4_kernels`, logging its calls (``.calls``) and which kernel each launched (``.launched``)."""
     monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'interpret')  # CPU tensors too (conftest: TRITON_INTERPRET=1)
     from opentad_lora.peft import nf4_kernels
-    calls = []
+    calls, launched = [], []
     launch = nf4_kernels.dequantize_4bit_into
     monkeypatch.setattr(nf4_kernels, 'dequantize_4bit_into', lambda *args: calls.append(args) or launch(*args))
-    nf4_kernels.calls = calls
+    for name in ('_dequantize_4bit_kernel', '_dequantize_4bit_bytes_kernel'):
+        monkeypatch.setattr(nf4_kernels, name, _Launches(getattr(nf4_kernels, name), name, launched))
+    nf4_kernels.calls, nf4_kernels.launched = calls, launched
     yield nf4_kernels
-    del nf4_kernels.calls
+    del nf4_kernels.calls, nf4_kernels.launched
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -51,33 +67,54 @@ def _layer(shape, quant_type: str, double_quant: bool, **kwargs) -> nn.Module:
 
 
 def _bnb(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """bitsandbytes' ``dequantize_4bit`` of ``layer``'s weight asked for ``dtype``."""
+    return _bnb_4bit(layer.weight.data, layer.weight.quant_state, dtype)
+
+
+def _bnb_4bit(data: torch.Tensor, state, dtype: torch.dtype) -> torch.Tensor:
     """bitsandbytes' ``dequantize_4bit`` asked for ``dtype`` (a float32 product rounded once, as the kernel's).
 
     An odd row length is asked for as one even row over the same bytes (blocks and nibbles follow the flat index),
     since there bitsandbytes' CPU op leaves its kernel for torch code (torch.compile'd per shape and dtype: slow),
     whose FP4 table has +0.0 for code 8 where its CPU and CUDA kernels (and ours) give -0.0."""
-    state = copy.copy(layer.weight.quant_state)
+    state = copy.copy(state)
     state.dtype = dtype
     rows, cols = state.shape
     if cols % 2 == 0:
-        return bnb.functional.dequantize_4bit(layer.weight.data, state)
+        return bnb.functional.dequantize_4bit(data, state)
     state.shape = torch.Size((1, rows * cols + rows % 2))
-    return bnb.functional.dequantize_4bit(layer.weight.data, state)[0, :rows * cols].view(rows, cols)
+    return bnb.functional.dequantize_4bit(data, state)[0, :rows * cols].view(rows, cols)
 
 
 @pytest.mark.parametrize('quant_type, double_quant', itertools.product(('nf4', 'fp4'), (True, False)))
 def test_kernel_is_bit_identical_to_bnb_into_a_strided_view(kernels, quant_type, double_quant):
-    for shape in SHAPES:
-        layer = _layer(shape, quant_type, double_quant)
+    for rows, cols, pad in SHAPES:
+        layer = _layer((rows, cols), quant_type, double_quant)
         state = layer.weight.quant_state
         assert state.nested == double_quant
         for dtype in DTYPES:
-            buffer = torch.full((shape[0], shape[1] + 5), SENTINEL, dtype=dtype)  # an (O, K + r) operand
-            got = kernels.dequantize_4bit_into(layer.weight.data, state, dtype, buffer[:, :shape[1]])
-            assert got.data_ptr() == buffer.data_ptr() and got.dtype == dtype and got.shape == shape
-            assert torch.equal(_bits(got), _bits(_bnb(layer, dtype))), (shape, dtype)
-            assert torch.equal(buffer[:, shape[1]:], torch.full((shape[0], 5), SENTINEL, dtype=dtype))
+            buffer = torch.full((rows, cols + pad), SENTINEL, dtype=dtype)  # an (O, K + r) operand
+            got = kernels.dequantize_4bit_into(layer.weight.data, state, dtype, buffer[:, :cols])
+            assert kernels.launched[-1] == ('_dequantize_4bit_bytes_kernel' if cols % 2 == 0 else
+                                            '_dequantize_4bit_kernel')
+            assert got.data_ptr() == buffer.data_ptr() and got.dtype == dtype and got.shape == (rows, cols)
+            assert torch.equal(_bits(got), _bits(_bnb(layer, dtype))), (rows, cols, dtype)
+            assert torch.equal(buffer[:, cols:], torch.full((rows, pad), SENTINEL, dtype=dtype))
     assert quant_type == 'nf4' or (_bits(got) == _bits(torch.tensor(-0.0, dtype=dtype))).any()  # FP4's -0.0 seen
+
+
+@pytest.mark.parametrize('blocksize', (32, 128, 256))
+def test_kernel_is_bit_identical_to_bnb_for_other_blocksizes(kernels, blocksize):
+    """Blocks of 128 or 256 values end inside a chunk of a row of 200 (per-byte kernel, which reads two absmax
+    there), on chunk ends in a row of 192; blocks of 32 values take the per-element kernel."""
+    for cols, (quant_type, nested) in itertools.product((192, 200), (('nf4', True), ('fp4', False))):
+        weight = torch.randn(24, cols) * torch.logspace(-3, 3, 24).unsqueeze(1)
+        data, state = bnb.functional.quantize_4bit(weight, blocksize=blocksize, compress_statistics=nested,
+                                                   quant_type=quant_type)
+        for dtype in (torch.float32, torch.bfloat16):
+            got = kernels.dequantize_4bit_into(data, state, dtype)
+            assert torch.equal(_bits(got), _bits(_bnb_4bit(data, state, dtype))), (cols, quant_type, dtype)
+    assert set(kernels.launched) == {'_dequantize_4bit_kernel' if blocksize == 32 else '_dequantize_4bit_bytes_kernel'}
 
 
 def test_kernel_refuses_an_out_of_another_shape_dtype_or_layout(kernels):
@@ -122,33 +159,41 @@ def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels):
     assert torch.equal(buffer[:, :30], dequantize_weight(int8, torch.bfloat16)) and not buffer[:, 30:].any()
 
 
-def test_kernel_compiles_for_sm90_without_fma_contraction():
+def test_kernels_compile_for_sm90_without_fma_contraction_with_16_byte_stores():
     """The launch options keep the nested absmax's ``product + offset`` two roundings (no ``fma``) on the GPU, where
-    Triton's default contracts them; the interpreter never fuses, so only compiled code (PTX) shows it. Compiled in a
-    fresh process: one where the interpreter has run keeps part of ``triton.language`` patched."""
+    Triton's default contracts them; the interpreter never fuses, so only compiled code (PTX) shows it. The per-byte
+    kernel, as launched for a ViT layer (rows of a multiple of 64 values, on 16 bytes: ``UNIT``), stores 16 bytes at
+    a time and its join moves no data through shared memory. Compiled in a fresh process: one where the interpreter
+    has run keeps part of ``triton.language`` patched."""
     script = textwrap.dedent("""
         import triton
         from triton.backends.compiler import GPUTarget
-        from opentad_lora.peft import nf4_kernels
-        signature = dict(packed_ptr='*u8', absmax_ptr='*u8', code_ptr='*fp32', absmax2_ptr='*fp32',
-                         code2_ptr='*fp32', offset_ptr='*fp32', out_ptr='*bf16', ROWS='i32', COLS='i32', SO='i32',
-                         BLOCKSIZE='constexpr', BLOCKSIZE2='constexpr', NESTED='constexpr', BLOCK_R='constexpr',
-                         BLOCK_C='constexpr')
-        constexprs = dict(BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=True, BLOCK_R=nf4_kernels.BLOCK_R,
-                          BLOCK_C=nf4_kernels.BLOCK_C)
-        for fusion in (nf4_kernels.LAUNCH_OPTIONS['enable_fp_fusion'], True):
-            compiled = triton.compile(triton.compiler.ASTSource(nf4_kernels._dequantize_4bit_kernel, signature,
-                                                                constexprs), target=GPUTarget('cuda', 90, 32),
-                                      options={**nf4_kernels.LAUNCH_OPTIONS, 'enable_fp_fusion': fusion})
-            assert compiled.asm['cubin']
-            print(compiled.asm['ptx'].count('fma.rn.f32'))
+        from opentad_lora.peft import nf4_kernels as K
+        types = dict(packed_ptr='*u8', absmax_ptr='*u8', out_ptr='*bf16', ROWS='i32', COLS='i32', SO='i32')
+        common = dict(UNIT=8, BLOCKSIZE=64, BLOCKSIZE2=256, NESTED=True)
+        for kernel, constexprs in ((K._dequantize_4bit_kernel, dict(BLOCK_R=K.BLOCK_R, BLOCK_C=K.BLOCK_C)),
+                                   (K._dequantize_4bit_bytes_kernel, dict(BLOCK_R=K.CHUNKS_PER_PROGRAM // 4, CHUNKS=4,
+                                                                          CHUNK=K.CHUNK, ALIGNED=True))):
+            constexprs.update(common)
+            signature = {name: 'constexpr' if name in constexprs else types.get(name, '*fp32')
+                         for name in kernel.arg_names}
+            # what Triton's launcher knows: 16-byte aligned pointers, a row length divisible by 16 (64 here)
+            attrs = {(index,): [['tt.divisibility', 16]] for index, name in enumerate(kernel.arg_names)
+                     if signature[name].startswith('*') or name == 'COLS'}
+            for fusion in (K.LAUNCH_OPTIONS['enable_fp_fusion'], True):
+                compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constexprs, attrs),
+                                          target=GPUTarget('cuda', 90, 32),
+                                          options={**K.LAUNCH_OPTIONS, 'enable_fp_fusion': fusion})
+                assert compiled.asm['cubin']
+                ptx = compiled.asm['ptx']
+                print(ptx.count('fma.rn.f32'), ptx.count('st.global.v4.b32'), ptx.count('ld.shared'))
         """)
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
     done = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
-    fmas = [int(line) for line in done.stdout.split()]
-    assert fmas[0] == 0 < fmas[1]
+    counts = [int(n) for n in done.stdout.split()]  # per kernel and fusion: fma, 16-byte stores, shared loads
+    assert counts == [0, 2, 0, counts[3], 2, 0, 0, 4, 0, counts[9], 4, 0] and counts[3] > 0 and counts[9] > 0
 
 
 def test_fused_qlora_layer_dequantizes_into_its_concatenated_weight(kernels, monkeypatch):
