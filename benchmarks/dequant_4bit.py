@@ -41,7 +41,7 @@ def _bits(tensor: torch.Tensor) -> torch.Tensor:
 
 def _use(way: str) -> None:
     """Route ``dequantize_weight`` through bitsandbytes' ops (``'bnb'``) or the kernel (interpreted on CPU)."""
-    kernel = 'auto' if torch.cuda.is_available() else 'interpret'
+    kernel = 'kernel' if torch.cuda.is_available() else 'interpret'
     os.environ['OPENTAD_LORA_DEQUANT_KERNEL'] = 'bnb' if way == 'bnb' else kernel
 
 

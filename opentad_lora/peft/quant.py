@@ -3,9 +3,11 @@
 bitsandbytes quantizes a ``Params4bit``/``Int8Params`` when it is moved to a device; both layers run on CPU with
 bitsandbytes >= 0.45, so QLoRA is tested without a GPU. The import is lazy: a float-only user never loads bnb.
 
-4-bit weights are dequantized by :mod:`.nf4_kernels` (one Triton launch) where it applies: CUDA, or CPU through
-Triton's interpreter with ``OPENTAD_LORA_DEQUANT_KERNEL=interpret`` (tests; needs ``TRITON_INTERPRET=1`` before Triton
-is imported); ``=bnb`` always uses bitsandbytes' ops (the same bits).
+4-bit weights are dequantized by bitsandbytes' ops by default. ``OPENTAD_LORA_DEQUANT_KERNEL=kernel`` uses
+:mod:`.nf4_kernels` instead on CUDA (one Triton launch, the same bits, written straight into the fused function's
+``[W | sB]``); ``=interpret`` also on CPU through Triton's interpreter (tests; needs ``TRITON_INTERPRET=1`` before
+Triton is imported). The kernel is opt-in until an H200 shows it faster on a whole step: its first version was
+slower than bitsandbytes on ViT-H's weights, and the per-byte version is not yet timed (benchmarks/RESULTS.md).
 """
 import functools
 import os
@@ -103,14 +105,15 @@ def _dequant_kernels():
     return nf4_kernels
 
 
-_KERNEL_CHOICES = ('auto', 'bnb', 'interpret')
+_KERNEL_CHOICES = ('bnb', 'kernel', 'interpret')
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _dequant_kernel_applies(weight: Tensor, state, dtype: torch.dtype, out: Optional[Tensor]) -> bool:
-    """Whether :mod:`.nf4_kernels` serves this weight: CUDA (or CPU with ``=interpret``), Triton installed, uint8
-    storage of a 2-D weight, a float output dtype, int32 offsets (weight and ``out``), not inside ``torch.compile``."""
-    choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'auto')
+    """Whether :mod:`.nf4_kernels` serves this weight: asked for (``=kernel``: CUDA; ``=interpret``: CUDA and CPU),
+    Triton installed, uint8 storage of a 2-D weight, a float output dtype, int32 offsets (weight and ``out``), not
+    inside ``torch.compile``."""
+    choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'bnb')
     if choice not in _KERNEL_CHOICES:
         raise ValueError(f'OPENTAD_LORA_DEQUANT_KERNEL={choice!r}: use one of {_KERNEL_CHOICES} (or leave it unset).')
     device = weight.device.type

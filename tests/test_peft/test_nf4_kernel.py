@@ -159,6 +159,21 @@ def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels):
     assert torch.equal(buffer[:, :30], dequantize_weight(int8, torch.bfloat16)) and not buffer[:, 30:].any()
 
 
+def test_kernel_is_opt_in_and_the_switch_is_checked(kernels, monkeypatch):
+    """Unset, bitsandbytes dequantizes (the kernel is opt-in until timed faster on a GPU step); ``=kernel`` asks for
+    it on CUDA only; a wrong value stops with the choices named."""
+    layer = _layer((8, 64), 'nf4', True)
+    for switch in (None, 'kernel'):
+        if switch is None:
+            monkeypatch.delenv('OPENTAD_LORA_DEQUANT_KERNEL')
+        else:
+            monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', switch)
+        assert torch.equal(dequantize_weight(layer, torch.bfloat16), _bnb(layer, torch.bfloat16))
+    assert not kernels.calls
+    monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'auto')
+    with pytest.raises(ValueError, match="'bnb', 'kernel', 'interpret'"):
+        dequantize_weight(layer, torch.bfloat16)
+
 def test_kernels_compile_for_sm90_without_fma_contraction_with_16_byte_stores():
     """The launch options keep the nested absmax's ``product + offset`` two roundings (no ``fma``) on the GPU, where
     Triton's default contracts them; the interpreter never fuses, so only compiled code (PTX) shows it. The per-byte
