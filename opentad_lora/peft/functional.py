@@ -78,6 +78,8 @@ def _scaled(tensor: Tensor, scaling: float, dtype: torch.dtype, out: Optional[Te
         return tensor * scaling
     if out is None:
         out = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
+    if torch.compiler.is_compiling():  # dynamo breaks the graph at an ``out=`` view; inductor fuses the copy anyway
+        return out.copy_(tensor * scaling)
     return torch.mul(tensor, scaling, out=out)
 
 
