@@ -23,7 +23,13 @@ def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False, scale_b
 
 
 class DropPath(nn.Module):
-    """Module form of :func:`drop_path` (stochastic depth of Huang et al., 2016)."""
+    """Module form of :func:`drop_path` (stochastic depth of Huang et al., 2016).
+
+    Under ``torch.compile`` the keep probability is read from a (non-persistent) buffer, not the float attribute:
+    dynamo makes a float attribute a constant of the graph, so blocks whose rates rise over the depth would each
+    compile a graph of their own, and regional compilation (one graph for every block) would compile them all.
+    Eager calls keep :func:`drop_path` and its random stream; compiled ones draw from inductor's stream anyway.
+    """
 
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
         super().__init__()
@@ -31,9 +37,16 @@ class DropPath(nn.Module):
             raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob}.')
         self.drop_prob = drop_prob
         self.scale_by_keep = scale_by_keep
+        self.register_buffer('keep_prob', torch.tensor(1.0 - drop_prob), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+        if not torch.compiler.is_compiling():
+            return drop_path(x, self.drop_prob, self.training, self.scale_by_keep)
+        if not self.training:
+            return x
+        keep = self.keep_prob.to(x.dtype)
+        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)
+        return x * (mask / keep if self.scale_by_keep else mask)
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob:.3f}'

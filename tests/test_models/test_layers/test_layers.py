@@ -160,3 +160,23 @@ def test_transformer_block_names_and_layer_scale():
     x = torch.randn(2, 3, 8)
     h = x + 0.5 * block.attn(block.norm1(x))
     torch.testing.assert_close(block(x), h + 0.5 * block.mlp(block.norm2(h)))
+
+
+def test_compiled_blocks_of_different_drop_path_rates_share_one_graph():
+    """The rate is a buffer under compile (a float attribute would be a graph constant: one graph per rate); compiled
+    drop path still drops whole samples and rescales the kept ones; eager draws are unchanged (checked above)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    layers = [DropPath(rate).train() for rate in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    for layer in layers:
+        layer.compile(backend='aot_eager', fullgraph=True)
+    x = torch.randn(400, 3) + 5.0
+    for layer in layers:
+        out = layer(x)
+        kept = (out != 0).all(dim=1)
+        torch.testing.assert_close(out[kept], x[kept] / (1.0 - layer.drop_prob))
+        assert bool(((out == 0).all(dim=1) | kept).all())
+        assert abs(kept.float().mean().item() - (1.0 - layer.drop_prob)) < 0.1
+    assert counters['stats']['unique_graphs'] <= 2  # the first rate, then one graph with the rate as an input
+    assert torch.equal(layers[0].eval()(x), x) and 'keep_prob' not in layers[0].state_dict()
