@@ -10,7 +10,12 @@ never recompiles and evaluation costs no compile time.
 Regional compilation (``regional=...``) compiles each repeated block (a ViT's ``blocks.N``) instead of the whole
 loss forward. Blocks of one class share their compiled code (dynamo keeps one cache per ``forward`` and guards on
 the block's structure, not its identity), so the first iteration compiles one block instead of the whole unrolled
-model; what lies between the blocks (embedding, neck, head, loss) runs eagerly.
+model; what lies between the blocks (embedding, neck, head, loss) runs eagerly. Blocks that differ in something
+dynamo guards on (a Python float such as a drop-path rate, an input's ``requires_grad`` or shape) get graphs of
+their own, so during training the hook raises dynamo's per-code ``recompile_limit`` by the number of blocks (no
+block silently falls back to eager) and turns off the LRU order of dynamo's cache entries: with it, the backward's
+recomputation of a checkpointed block can pick another valid graph than its forward did (a dynamic one compiled
+later) and ``torch.utils.checkpoint`` fails on the mismatch (pytorch/pytorch#166926).
 
 The module itself is not replaced: only its ``forward`` attribute (and, in regional mode, each block's
 ``_compiled_call_impl``, the slot ``nn.Module.compile`` fills), for the duration of training. Parameter names,
@@ -19,6 +24,7 @@ eager ``tools/test.py``) and ``--resume`` works either way. ``tools/train.py`` t
 or ``torch.compile`` keyword arguments, MMEngine's format, plus ``regional``) or ``--compile`` into this hook
 (:func:`opentad_lora.engine.runner_utils.setup_compile`).
 """
+import logging
 from fnmatch import fnmatchcase
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -125,6 +131,7 @@ class CompileHook(Hook):
         self.compile_kwargs = compile_kwargs
         self._model: Optional[torch.nn.Module] = None
         self._graphs_before: Optional[int] = None
+        self._recompile_limit = 0
 
     def _regions(self, model: nn.Module) -> List[Region]:
         blocks = repeated_blocks(model, self.patterns)
@@ -145,26 +152,41 @@ class CompileHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         eager = model.forward
         if self.regional:
-            model.forward = LossForward(eager, eager, self._regions(model))
+            regions = self._regions(model)
+            model.forward = LossForward(eager, eager, regions)
+            self._recompile_limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = self._recompile_limit + len(regions)
+            torch._C._dynamo.eval_frame._set_lru_cache(False)
         else:
             model.forward = LossForward(eager, torch.compile(eager, **self.compile_kwargs))
         self._model = model
         self._graphs_before = counters['stats']['unique_graphs']
-        print_log(f'CompileHook: {type(model).__name__}.forward(mode="loss") compiled with '
-                  f'torch.compile({self.compile_kwargs}); the first iteration includes the compile time.',
-                  logger='current')
+        what = 'its repeated blocks' if self.regional else 'forward(mode="loss")'
+        print_log(f'CompileHook: {type(model).__name__}: {what} compiled with torch.compile({self.compile_kwargs}); '
+                  'the first iteration includes the compile time.', logger='current')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
         if self._model is None:
             return
-        self._model.forward.switch_regions(False)  # nothing outside a training step runs the compiled blocks
+        forward = self._model.forward
+        forward.switch_regions(False)  # nothing outside a training step runs the compiled blocks
         if self._graphs_before is not None:
             graphs = counters['stats']['unique_graphs'] - self._graphs_before
-            print_log(f'CompileHook: the first iteration compiled {graphs} graph(s).', logger='current')
             self._graphs_before = None
+            classes = len({type(block) for block, _ in forward.regions})
+            if forward.regions and graphs > 2 * classes:  # one graph per block class, or two where the first block's input needs no grad
+                print_log(f'CompileHook: the first iteration compiled {graphs} graphs for {len(forward.regions)} '
+                          f'blocks of {classes} class(es): the blocks differ in what dynamo guards on (a Python '
+                          'number such as a drop-path rate, an input shape); TORCH_LOGS=recompiles names the guards '
+                          '(docs/engine.md, "Regional compilation").', logger='current', level=logging.WARNING)
+            else:
+                print_log(f'CompileHook: the first iteration compiled {graphs} graph(s).', logger='current')
 
     def after_train(self, runner) -> None:
         if self._model is not None and isinstance(self._model.__dict__.get('forward'), LossForward):
             self._model.forward.switch_regions(False)
             del self._model.forward  # back to the class's forward
+        if self.regional and self._model is not None:
+            torch._dynamo.config.recompile_limit = self._recompile_limit
+            torch._C._dynamo.eval_frame._set_lru_cache(True)  # dynamo's default
         self._model = None

@@ -4,6 +4,8 @@ forward is compiled, and its checkpoint is an ordinary one that an eager model l
 Inductor fuses and reorders float operations, so losses are compared with rtol 1e-4 (measured differences: ~1e-7).
 """
 import re
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -185,3 +187,55 @@ def test_regional_blocks_run_compiled_only_from_a_loss_call_to_the_end_of_its_st
     assert all(block._compiled_call_impl is not None for block in net.blocks)  # until the hook's after_train_iter
     forward(x, mode='predict')  # validation in the middle of training: eager
     assert len(calls) == 4 and all(block._compiled_call_impl is None for block in net.blocks)
+
+
+def _symbolic_drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True):
+    """Stochastic depth written so that dynamo can keep ``drop_prob`` symbolic (the model change that lets blocks
+    with different rates share one graph; see docs/engine.md): after one specialised graph the next is dynamic."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    return x * ((torch.rand((x.shape[0], ) + (1, ) * (x.ndim - 1)) < keep).to(x.dtype) / keep)
+
+
+class _BackboneLoss(nn.Module):
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, inputs: torch.Tensor, mode: str = 'tensor'):
+        out = self.backbone(inputs)
+        return dict(loss=out.square().mean()) if mode == 'loss' else out
+
+
+@pytest.mark.parametrize('lru', [False, True], ids=['hook', 'dynamo_lru_order'])
+def test_regional_checkpointed_blocks_recompute_with_their_forward_graph(lru, monkeypatch):
+    """AdaTAD's VideoMAE blocks, checkpointed, with rising drop-path rates: the blocks need 3 graphs (first block:
+    input without grad; second: rate specialised; then rate symbolic). Under dynamo's LRU order the recomputation
+    of the second block picks the newer dynamic graph, which saves other tensors (pytorch/pytorch#166926)."""
+    from opentad_lora.models.backbones.vit_adapter import VisionTransformerQLoRA
+    monkeypatch.setattr(sys.modules['opentad_lora.models.layers.drop_path'], 'drop_path', _symbolic_drop_path)
+    if lru:  # what the hook turns off
+        monkeypatch.setattr(torch._C._dynamo.eval_frame, '_set_lru_cache', lambda on: None)
+    torch._dynamo.reset()
+    counters.clear()
+    limit = torch._dynamo.config.recompile_limit
+    model = _BackboneLoss(VisionTransformerQLoRA(
+        img_size=16, patch_size=8, embed_dims=16, depth=4, num_heads=2, num_frames=4, total_frames=4,
+        drop_path_rate=0.3, with_cp=True, quantize_bits=None, lora_r=2, lora_dropout=0.0)).train()
+    runner = SimpleNamespace(model=model)
+    hook = CompileHook(regional=True, backend='aot_eager')
+    hook.before_train(runner)
+    try:
+        for step in range(2):
+            loss = model(torch.randn(1, 3, 4, 16, 16), mode='loss')['loss']
+            if lru:
+                with pytest.raises(torch.utils.checkpoint.CheckpointError, match='different metadata'):
+                    loss.backward()
+                return
+            loss.backward()
+            hook.after_train_iter(runner, step)
+    finally:
+        hook.after_train(runner)
+    assert counters['stats']['unique_graphs'] == 3
+    assert torch._dynamo.config.recompile_limit == limit  # raised by 4 (the blocks) during training only
