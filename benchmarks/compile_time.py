@@ -73,7 +73,7 @@ def _compile_options(args: argparse.Namespace) -> Dict[str, Any]:
     if args.compile_mode:
         options['mode'] = args.compile_mode
     if args.compile == 'regional':
-        options['regional'] = True
+        options['regional'] = args.patterns or True
     return options
 
 
@@ -122,7 +122,8 @@ def run_config(args: argparse.Namespace, train_args: List[str]) -> Dict[str, Any
     argv = [args.config, '--work-dir', str(work_dir), '--no-validate', *train_args, '--cfg-options',
             'default_hooks.logger.interval=1', 'log_processor.window_size=1']
     if args.compile != 'none':
-        argv += [f'compile.{key}={value}' for key, value in _compile_options(args).items()]
+        argv += [f'compile.{key}=' + (f'[{",".join(value)}]' if isinstance(value, list) else str(value))
+                 for key, value in _compile_options(args).items()]
         argv.insert(1, '--compile')
     train.main(argv)
     rows = [json.loads(line) for path in sorted(work_dir.glob('*/vis_data/scalars.json'))
@@ -139,6 +140,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--compile', choices=['whole', 'regional', 'none'], default='regional')
     parser.add_argument('--backend', default='inductor')
     parser.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'reduce-overhead'")
+    parser.add_argument('--patterns', nargs='+', help="regional: these module names (e.g. 'backbone.blocks.*')")
     parser.add_argument('--config', help='time tools/train.py on this config instead of the synthetic model')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--depth', type=int, default=6)
@@ -159,7 +161,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.device == 'cpu':
         torch._inductor.config.compile_threads = 1  # no pool of compile workers: CPU time stays in this process
     result = run_config(args, train_args) if args.config else run_synthetic(args)
-    settings = {key: value for key, value in vars(args).items() if value not in (None, False)}
+    synthetic = ('device', 'depth', 'dim', 'heads', 'img_size', 'patch_size', 'batch', 'steps', 'with_cp',
+                 'quantize_bits', 'lora_dropout', 'amp')
+    settings = {key: value for key, value in vars(args).items()
+                if value not in (None, False) and not (args.config and key in synthetic)}
+    if train_args:
+        settings['train_args'] = ' '.join(train_args)
     print(json.dumps(dict(**settings, **result, **_graph_stats(), torch=torch.__version__)))
 
 

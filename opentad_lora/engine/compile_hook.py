@@ -84,6 +84,13 @@ def _regional_patterns(regional: Regional) -> Optional[Sequence[str]]:
                     f"e.g. 'backbone.blocks.*'), got {regional!r}.")
 
 
+def _set_dynamo_lru(on: bool) -> None:
+    """Turn the LRU order of dynamo's cache entries on or off (a no-op on a torch without the switch)."""
+    switch = getattr(torch._C._dynamo.eval_frame, '_set_lru_cache', None)
+    if switch is not None:
+        switch(on)
+
+
 class LossForward:
     """A ``forward`` that runs compiled code for ``mode='loss'`` calls and eager code for every other call.
 
@@ -156,7 +163,7 @@ class CompileHook(Hook):
             model.forward = LossForward(eager, eager, regions)
             self._recompile_limit = torch._dynamo.config.recompile_limit
             torch._dynamo.config.recompile_limit = self._recompile_limit + len(regions)
-            torch._C._dynamo.eval_frame._set_lru_cache(False)
+            _set_dynamo_lru(False)
         else:
             model.forward = LossForward(eager, torch.compile(eager, **self.compile_kwargs))
         self._model = model
@@ -188,5 +195,5 @@ class CompileHook(Hook):
             del self._model.forward  # back to the class's forward
         if self.regional and self._model is not None:
             torch._dynamo.config.recompile_limit = self._recompile_limit
-            torch._C._dynamo.eval_frame._set_lru_cache(True)  # dynamo's default
+            _set_dynamo_lru(True)  # dynamo's default
         self._model = None
