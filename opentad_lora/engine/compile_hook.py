@@ -59,7 +59,7 @@ def repeated_blocks(model: nn.Module, patterns: Optional[Sequence[str]] = None) 
     chosen: List[Tuple[str, nn.Module]] = []
 
     def inside_chosen(name: str) -> bool:
-        return any(name.startswith(f'{parent}.') for parent, _ in chosen)
+        return any(name == parent or name.startswith(f'{parent}.') for parent, _ in chosen)
 
     for name, module in model.named_modules():
         if not name or inside_chosen(name):

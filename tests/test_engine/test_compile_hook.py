@@ -113,8 +113,9 @@ def test_repeated_blocks_picks_the_outermost_lists_of_one_block_class():
     net.layers = nn.Sequential(*[ToyBlockNet(depth=2) for _ in range(3)])  # lists inside blocks: outermost only
     net.norms = nn.ModuleList([nn.LayerNorm(4), nn.LayerNorm(4)])  # bare layers
     net.mixed = nn.ModuleList([ToyBlock(4), nn.Sequential(ToyBlock(4), ToyBlock(4))])  # two classes: look inside
+    net.stages = nn.Sequential(*[nn.Sequential(ToyBlock(4), ToyBlock(4)) for _ in range(2)])  # a list of lists
     assert [name for name, _ in repeated_blocks(net)] == ['layers.0', 'layers.1', 'layers.2', 'mixed.1.0',
-                                                          'mixed.1.1']
+                                                          'mixed.1.1', 'stages.0', 'stages.1']
     assert [name for name, _ in repeated_blocks(net, ['*.blocks.*'])] == [
         f'layers.{i}.blocks.{j}' for i in range(3) for j in range(2)]
     assert [name for name, _ in repeated_blocks(net, ['mixed.*'])] == ['mixed.0', 'mixed.1']
