@@ -181,7 +181,8 @@ class CompileHook(Hook):
             graphs = counters['stats']['unique_graphs'] - self._graphs_before
             self._graphs_before = None
             classes = len({type(block) for block, _ in forward.regions})
-            if forward.regions and graphs > 2 * classes:  # one graph per block class, or two where the first block's input needs no grad
+            # one graph per block class, or two where the first block's input needs no gradient
+            if forward.regions and graphs > 2 * classes:
                 print_log(f'CompileHook: the first iteration compiled {graphs} graphs for {len(forward.regions)} '
                           f'blocks of {classes} class(es): the blocks differ in what dynamo guards on (a Python '
                           'number such as a drop-path rate, an input shape); TORCH_LOGS=recompiles names the guards '

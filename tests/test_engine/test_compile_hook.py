@@ -66,6 +66,12 @@ def test_setup_compile_moves_the_config_option_into_the_hook():
     assert flag_only['custom_hooks'] == [dict(type='opentad_lora.CompileHook')]
     plain = dict(custom_hooks=[])
     assert setup_compile(plain) is False and plain == dict(custom_hooks=[], compile=False)
+    regional = dict(compile=dict(regional=['backbone.blocks.*'], mode='reduce-overhead'))
+    assert setup_compile(regional) is True
+    assert regional['custom_hooks'] == [dict(type='opentad_lora.CompileHook', regional=['backbone.blocks.*'],
+                                             mode='reduce-overhead')]
+    hook = CompileHook(**{k: v for k, v in regional['custom_hooks'][0].items() if k != 'type'})
+    assert hook.patterns == ['backbone.blocks.*'] and hook.compile_kwargs == dict(mode='reduce-overhead')
 
 
 class ToyBlock(nn.Module):
