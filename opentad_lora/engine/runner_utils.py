@@ -102,7 +102,8 @@ def add_checkpoint_match_hook(cfg: MutableMapping, check_load_from: bool) -> Non
 def setup_compile(cfg: MutableMapping, flag: bool = False) -> bool:
     """Turn the config's ``compile`` (or ``--compile``) into :class:`~opentad_lora.engine.CompileHook`.
 
-    ``compile`` keeps MMEngine's format (``True`` or a dict of ``torch.compile`` keyword arguments); ``flag`` means
+    ``compile`` keeps MMEngine's format (``True`` or a dict of ``torch.compile`` keyword arguments, plus the hook's
+    ``regional``: compile each repeated block instead of the whole loss forward); ``flag`` means
     ``compile=True`` unless the config already gives arguments. The key is then set to ``False`` so that the Runner
     does not also compile ``train_step`` (optimizer included, see :mod:`opentad_lora.engine.compile_hook`).
     Returns whether training will be compiled.

@@ -62,19 +62,28 @@ def _assert_checkpoints_close(want: Path, got: Path) -> None:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize('variant', [
-    [],
+QLORA4_WITH_CP = ['model.lora.quantize_bits=4', 'model.lora.quant_storage=float32', 'model.backbone.with_cp=True']
+
+
+@pytest.mark.parametrize('variant, compile_options', [
+    ([], []),
     # quant_storage=float32: MMEngine's init_weights takes the mean of every parameter, which a uint8-packed 4-bit
     # weight of this classifier does not allow.
-    ['model.lora.quantize_bits=4', 'model.lora.quant_storage=float32', 'model.backbone.with_cp=True'],
-], ids=['lora', 'qlora4_with_cp'])
-def test_compiled_epoch_then_compiled_resume_equals_two_eager_epochs(variant, tiny_config, data, tmp_path,
-                                                                     load_tool):
-    backend = 'compile.backend=aot_eager'
+    (QLORA4_WITH_CP, []),
+    # regional compilation of the (one) ViT block, named by a pattern; checkpointing wraps the compiled block
+    (QLORA4_WITH_CP, ['compile.regional=backbone.blocks.*']),
+], ids=['lora', 'qlora4_with_cp', 'qlora4_with_cp_regional'])
+def test_compiled_epoch_then_compiled_resume_equals_two_eager_epochs(variant, compile_options, tiny_config, data,
+                                                                     tmp_path, load_tool):
+    compiled = [*variant, 'compile.backend=aot_eager', *compile_options]
     eager = train(load_tool, tiny_config, data, tmp_path / 'eager', 2, extra=variant)
-    resumed = train(load_tool, tiny_config, data, tmp_path / 'resumed', 1, '--compile', extra=[*variant, backend])
+    torch._dynamo.utils.counters.clear()
+    resumed = train(load_tool, tiny_config, data, tmp_path / 'resumed', 1, '--compile', extra=compiled)
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1  # the loss forward went through dynamo
-    train(load_tool, tiny_config, data, resumed, 2, '--compile', '--resume', extra=[*variant, backend])
+    if compile_options:  # only the block: one graph for both iterations, no graph break
+        assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 1
+        assert not torch._dynamo.utils.counters['graph_break']
+    train(load_tool, tiny_config, data, resumed, 2, '--compile', '--resume', extra=compiled)
     eager_losses, compiled_losses = logged(eager, 'loss'), logged(resumed, 'loss')
     assert len(compiled_losses) == 4 and compiled_losses[-1] < compiled_losses[0]  # 2 iterations + 2 resumed
     torch.testing.assert_close(torch.tensor(compiled_losses), torch.tensor(eager_losses), rtol=1e-5, atol=0)
