@@ -11,11 +11,11 @@ Regional compilation (``regional=...``) compiles each repeated block (a ViT's ``
 loss forward. Blocks of one class share their compiled code (dynamo keeps one cache per ``forward`` and guards on
 the block's structure, not its identity), so the first iteration compiles one block instead of the whole unrolled
 model; what lies between the blocks (embedding, neck, head, loss) runs eagerly. Blocks that differ in something
-dynamo guards on (a Python float such as a drop-path rate, an input's ``requires_grad`` or shape) get graphs of
-their own, so during training the hook raises dynamo's per-code ``recompile_limit`` by the number of blocks (no
-block silently falls back to eager) and turns off the LRU order of dynamo's cache entries: with it, the backward's
-recomputation of a checkpointed block can pick another valid graph than its forward did (a dynamic one compiled
-later) and ``torch.utils.checkpoint`` fails on the mismatch (pytorch/pytorch#166926).
+dynamo guards on (a Python float attribute that differs per block, an input's ``requires_grad`` or shape) get
+graphs of their own, so during training the hook raises dynamo's per-code ``recompile_limit`` by the number of
+blocks (no block silently falls back to eager) and turns off the LRU order of dynamo's cache entries: with it, the
+backward's recomputation of a checkpointed block can pick another valid graph than its forward did (a dynamic one
+compiled later) and ``torch.utils.checkpoint`` fails on the mismatch (pytorch/pytorch#166926).
 
 The module itself is not replaced: only its ``forward`` attribute (and, in regional mode, each block's
 ``_compiled_call_impl``, the slot ``nn.Module.compile`` fills), for the duration of training. Parameter names,
@@ -185,8 +185,9 @@ class CompileHook(Hook):
             if forward.regions and graphs > 2 * classes:
                 print_log(f'CompileHook: the first iteration compiled {graphs} graphs for {len(forward.regions)} '
                           f'blocks of {classes} class(es): the blocks differ in what dynamo guards on (a Python '
-                          'number such as a drop-path rate, an input shape); TORCH_LOGS=recompiles names the guards '
-                          '(docs/engine.md, "Regional compilation").', logger='current', level=logging.WARNING)
+                          'number attribute that differs per block, an input shape); TORCH_LOGS=recompiles names '
+                          'the guards (docs/engine.md, "Regional compilation").', logger='current',
+                          level=logging.WARNING)
             else:
                 print_log(f'CompileHook: the first iteration compiled {graphs} graph(s).', logger='current')
 

@@ -26,13 +26,13 @@ the distribution of ``torch.nn.functional.dropout``'s but other numbers; the CPU
 numbers). Tests run these kernels on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``) against plain torch maths on :func:`keep_mask`.
 """
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
 from .input_fn import Prologue
 
@@ -85,8 +85,9 @@ def _xa_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, N, K, SX, KG, R, threshold, scal
 
 
 # Triton's interpreter casts float32 to bfloat16 by truncation; compiled kernels round to nearest even in hardware,
-# which the rounding by hand equals at ~10 % more time per kernel (measured on an H200)
-_INTERPRETED: tl.constexpr = tl.constexpr(os.environ.get('TRITON_INTERPRET', '0') == '1')
+# which the rounding by hand equals at ~12 % more time per kernel (measured on an H200). Whether this module's kernels
+# are interpreted was decided when they were decorated (``TRITON_INTERPRET`` as Triton reads it).
+_INTERPRETED: tl.constexpr = tl.constexpr(isinstance(_halves, InterpretedFunction))
 
 
 @triton.jit
@@ -95,7 +96,7 @@ def _to_element(value, dtype: tl.constexpr):
     if dtype == tl.bfloat16 and _INTERPRETED:
         bits = value.to(tl.int32, bitcast=True)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # a float32 that bfloat16 holds exactly
-        return rounded.to(tl.float32, bitcast=True).to(tl.bfloat16)
+        value = tl.where(value != value, value, rounded.to(tl.float32, bitcast=True))  # NaN stays NaN
     return value.to(dtype)
 
 
@@ -276,10 +277,11 @@ def grad_a(g: Tensor, x2d: Tensor, seed: Optional[Tensor], p: float, prologue: O
     rank = g.shape[1]
     words, threshold, scale = _launch_args(width, p) if seed is not None else (0, 0, 1.0)
     kind, mean, rstd, weight, bias = prologue or (0, None, None, None, None)
-    # rows per step, warps, pipeline stages: the fastest on an H200 for ViT-B/H widths (benchmarks/RESULTS.md)
-    block_n, warps, stages = (128, 4, 2) if kind == 1 else (64, 4, 3)
+    # rows per step, warps, pipeline stages, programs: the fastest on an H200 for ViT-B/H widths with a norm or GELU
+    # (benchmarks/RESULTS.md); dropout alone keeps the settings it was measured with
+    block_n, warps, stages, programs = {1: (128, 4, 2, 1024), 2: (64, 4, 3, 1024)}.get(kind, (64, 4, 3, 2048))
     col_tiles = triton.cdiv(width, TILE_K)
-    split = max(1, min(triton.cdiv(n, block_n), triton.cdiv(1024, col_tiles)))  # programs enough to fill the GPU
+    split = max(1, min(triton.cdiv(n, block_n), triton.cdiv(programs, col_tiles)))  # enough to fill the GPU
     partial = torch.empty(split, _padded_rank(rank), width, device=x2d.device, dtype=torch.float32)
     unused = partial  # pointers the kernel does not read in this configuration
     _grad_a_kernel[(col_tiles, split)](

@@ -78,9 +78,16 @@ def _scaled(tensor: Tensor, scaling: float, dtype: torch.dtype, out: Optional[Te
         return tensor * scaling
     if out is None:
         out = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
-    if torch.compiler.is_compiling():  # dynamo breaks the graph at an ``out=`` view; inductor fuses the copy anyway
-        return out.copy_(tensor * scaling)
-    return torch.mul(tensor, scaling, out=out)
+    return mul_into(tensor, scaling, out)
+
+
+def mul_into(tensor: Tensor, factor, out: Optional[Tensor]) -> Tensor:
+    """``torch.mul(tensor, factor, out=out)``; under ``torch.compile`` a product copied into ``out`` instead: dynamo
+    breaks the graph at an ``out=`` that is a strided view (a column block of ``[W | sB]``), and inductor fuses the
+    copy anyway."""
+    if out is not None and torch.compiler.is_compiling():
+        return out.copy_(tensor * factor)
+    return torch.mul(tensor, factor, out=out)
 
 
 def _as(tensor: Tensor, dtype: torch.dtype) -> Tensor:

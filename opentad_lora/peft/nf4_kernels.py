@@ -6,8 +6,8 @@ the result into its ``[W | sB]`` operand. Eager QLoRA steps are bound by the hos
 all of it in registers and writes straight into the caller's buffer (e.g. the first ``K`` columns of an ``(O, K +
 r)`` operand, any row stride). An even row length (every ViT layer; blocksize >= 64) takes the per-byte kernel:
 contiguous packed bytes in, both values of a byte out side by side in 16-byte stores, the absmax read once per 64
-values; an odd one the per-element kernel. Both read the code table from global memory (64 bytes, served by L1: one load per
-value, where a select chain over 16 entries would cost 15 instructions).
+values; an odd one the per-element kernel. Both read the code table from global memory (64 bytes, served by L1: one
+load per value, where a select chain over 16 entries would cost 15 instructions).
 
 Bit for bit bitsandbytes' ``dequantize_4bit``: each element is ``code[nibble] * absmax[block]`` in float32 rounded
 once to the output dtype; a nested absmax is ``code2[q] * absmax2[block2]`` rounded to float32, then ``+ offset``
@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
 from .dropout_kernels import _to_element  # float32 to a 16-bit dtype, round to nearest even (also interpreted)
 
@@ -97,6 +98,9 @@ def _dequantize_4bit_bytes_kernel(packed_ptr, absmax_ptr, code_ptr, absmax2_ptr,
     cols = chunks * CHUNK + (tl.arange(0, GROUPS)[:, None] * 2 * G + tl.arange(0, 2 * G)[None, :])[None, None]
     tl.store(out_ptr + rows * (SO * UNIT) + cols, value, mask=(rows < ROWS) & (cols < COLS))
 
+
+# whether these kernels run in Triton's interpreter (decided when they were decorated, at import)
+INTERPRETED = isinstance(_dequantize_4bit_kernel, InterpretedFunction)
 
 def _code(quant_type: str, device: torch.device) -> Tensor:
     """bitsandbytes' 16-entry float32 table of ``quant_type`` on ``device`` (made once per device).

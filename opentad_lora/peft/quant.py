@@ -6,8 +6,8 @@ bitsandbytes >= 0.45, so QLoRA is tested without a GPU. The import is lazy: a fl
 4-bit weights are dequantized by bitsandbytes' ops by default. ``OPENTAD_LORA_DEQUANT_KERNEL=kernel`` uses
 :mod:`.nf4_kernels` instead on CUDA (one Triton launch, the same bits, written straight into the fused function's
 ``[W | sB]``); ``=interpret`` also on CPU through Triton's interpreter (tests; needs ``TRITON_INTERPRET=1`` before
-Triton is imported). The kernel is opt-in until an H200 shows it faster on a whole step: its first version was
-slower than bitsandbytes on ViT-H's weights, and the per-byte version is not yet timed (benchmarks/RESULTS.md).
+the kernel modules are imported). The kernel is opt-in until an H200 shows it faster on a whole step: its first
+version was slower than bitsandbytes on ViT-H's weights, the per-byte version is not yet timed (benchmarks/RESULTS.md).
 """
 import functools
 import os
@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from .functional import mul_into
 
 
 def require_bitsandbytes():
@@ -111,8 +113,8 @@ _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def _dequant_kernel_applies(weight: Tensor, state, dtype: torch.dtype, out: Optional[Tensor]) -> bool:
     """Whether :mod:`.nf4_kernels` serves this weight: asked for (``=kernel``: CUDA; ``=interpret``: CUDA and CPU),
-    Triton installed, uint8 storage of a 2-D weight, a float output dtype, int32 offsets (weight and ``out``), not
-    inside ``torch.compile``."""
+    Triton installed, contiguous uint8 storage of a 2-D weight, a float output dtype, int32 offsets (weight and
+    ``out``), not inside ``torch.compile``. ``=interpret`` on CPU without Triton's interpreter is an error."""
     choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'bnb')
     if choice not in _KERNEL_CHOICES:
         raise ValueError(f'OPENTAD_LORA_DEQUANT_KERNEL={choice!r}: use one of {_KERNEL_CHOICES} (or leave it unset).')
@@ -121,9 +123,15 @@ def _dequant_kernel_applies(weight: Tensor, state, dtype: torch.dtype, out: Opti
         return False
     if weight.dtype != torch.uint8 or dtype not in _KERNEL_DTYPES or len(state.shape) != 2:
         return False
+    if not weight.is_contiguous():
+        return False
     if max(weight.numel() * 2, 0 if out is None else out.shape[0] * out.stride(0)) >= 2 ** 31:
         return False
-    return not torch.compiler.is_compiling() and _dequant_kernels() is not None
+    kernels = None if torch.compiler.is_compiling() else _dequant_kernels()
+    if kernels is not None and device == 'cpu' and not kernels.INTERPRETED:
+        raise RuntimeError('OPENTAD_LORA_DEQUANT_KERNEL=interpret runs the 4-bit kernel on CPU tensors through '
+                           "Triton's interpreter: set TRITON_INTERPRET=1 before opentad_lora's kernels are imported.")
+    return kernels is not None
 
 
 def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
@@ -163,15 +171,17 @@ def _dequantize_8bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor]
     and dtype) are rebuilt when the scales tensor is replaced or modified in place.
     """
     scales = _int8_scales(layer)
-    if scales.is_inference():  # no version counter to check a cached column against
-        return torch.mul(layer.weight.data, (scales.to(dtype) / 127.0).unsqueeze(1), out=out)
+    # compiled: inductor fuses the column into the multiply (and dynamo cannot trace is_inference); inference
+    # tensors have no version counter to check a cached column against
+    if torch.compiler.is_compiling() or scales.is_inference():
+        return mul_into(layer.weight.data, (scales.to(dtype) / 127.0).unsqueeze(1), out)
     cache = layer.__dict__.get('_dequant_scale_columns')
     if cache is None or cache[0] is not scales or cache[1] != scales._version:
         cache = layer.__dict__['_dequant_scale_columns'] = (scales, scales._version, {})
     column = cache[2].get(dtype)
     if column is None:
         column = cache[2][dtype] = (scales.to(dtype) / 127.0).unsqueeze(1)
-    return torch.mul(layer.weight.data, column, out=out)
+    return mul_into(layer.weight.data, column, out)
 
 
 class _DequantizingLinear(torch.autograd.Function):

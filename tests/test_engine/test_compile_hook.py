@@ -4,7 +4,6 @@ forward is compiled, and its checkpoint is an ordinary one that an eager model l
 Inductor fuses and reorders float operations, so losses are compared with rtol 1e-4 (measured differences: ~1e-7).
 """
 import re
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -197,8 +196,9 @@ def test_regional_blocks_run_compiled_only_from_a_loss_call_to_the_end_of_its_st
 
 
 def _symbolic_drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True):
-    """Stochastic depth written so that dynamo can keep ``drop_prob`` symbolic (the model change that lets blocks
-    with different rates share one graph; see docs/engine.md): after one specialised graph the next is dynamic."""
+    """Stochastic depth on the float rate, written so that dynamo specialises it once and then makes it symbolic: one
+    block class with several valid graphs, the case in which dynamo's LRU order breaks checkpointing (our DropPath
+    reads a buffer under compile instead, so its blocks share one graph)."""
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
@@ -217,11 +217,13 @@ class _BackboneLoss(nn.Module):
 
 @pytest.mark.parametrize('lru', [False, True], ids=['hook', 'dynamo_lru_order'])
 def test_regional_checkpointed_blocks_recompute_with_their_forward_graph(lru, monkeypatch):
-    """AdaTAD's VideoMAE blocks, checkpointed, with rising drop-path rates: the blocks need 3 graphs (first block:
-    input without grad; second: rate specialised; then rate symbolic). Under dynamo's LRU order the recomputation
-    of the second block picks the newer dynamic graph, which saves other tensors (pytorch/pytorch#166926)."""
+    """AdaTAD's VideoMAE blocks, checkpointed, with rising drop-path rates read as Python floats: the blocks need 3
+    graphs (first block: input without grad; second: rate specialised; then rate symbolic). Under dynamo's LRU order
+    the recomputation of the second block picks the newer dynamic graph, which saves other tensors
+    (pytorch/pytorch#166926); the hook's order does not."""
+    from opentad_lora.models.layers import DropPath
     from opentad_lora.models.backbones.vit_adapter import VisionTransformerQLoRA
-    monkeypatch.setattr(sys.modules['opentad_lora.models.layers.drop_path'], 'drop_path', _symbolic_drop_path)
+    monkeypatch.setattr(DropPath, 'forward', lambda self, x: _symbolic_drop_path(x, self.drop_prob, self.training))
     if lru:  # what the hook turns off
         monkeypatch.setattr(torch._C._dynamo.eval_frame, '_set_lru_cache', lambda on: None)
     torch._dynamo.reset()

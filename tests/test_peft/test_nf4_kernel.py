@@ -174,6 +174,7 @@ def test_kernel_is_opt_in_and_the_switch_is_checked(kernels, monkeypatch):
     with pytest.raises(ValueError, match="'bnb', 'kernel', 'interpret'"):
         dequantize_weight(layer, torch.bfloat16)
 
+
 def test_kernels_compile_for_sm90_without_fma_contraction_with_16_byte_stores():
     """The launch options keep the nested absmax's ``product + offset`` two roundings (no ``fma``) on the GPU, where
     Triton's default contracts them; the interpreter never fuses, so only compiled code (PTX) shows it. The per-byte
@@ -239,3 +240,11 @@ def test_fused_qlora_layer_dequantizes_into_its_concatenated_weight(kernels, mon
     assert torch.equal(results['bnb'][1], results['interpret'][1])
     assert results['interpret'][2] == 2  # forward into [W | sB], backward on its own
     assert torch.Size((96, 32)) not in results['interpret'][3] and results['bnb'][2] == 0
+
+
+def test_interpret_switch_without_the_interpreter_stops_with_a_clear_error(kernels, monkeypatch):
+    """``=interpret`` on CPU tensors with compiled (not interpreted) kernels would hand CPU pointers to a GPU launch:
+    one error saying what to set instead."""
+    monkeypatch.setattr(kernels, 'INTERPRETED', False)
+    with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
+        dequantize_weight(_layer((8, 64), 'nf4', True), torch.bfloat16)

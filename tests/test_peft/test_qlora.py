@@ -176,3 +176,24 @@ def test_float_quant_storage_holds_the_same_4bit_weights():
     assert packed_float.weight.dtype == torch.float32
     assert packed_float.weight.numel() * 4 == packed_uint8.weight.numel() == 64 * 32 // 2
     torch.testing.assert_close(dequantize_weight(packed_float), dequantize_weight(packed_uint8), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('bits', [4, 8])
+def test_compiled_wide_qlora_layer_is_one_graph_with_eager_numbers(bits, monkeypatch):
+    """A QLoRA layer whose GEMM takes ``[W | sB]`` (out >= 2 in) traces without a graph break (``fullgraph``): the
+    dequantized weight and ``s B`` are written into that buffer without ``out=`` views, which dynamo does not trace."""
+    from opentad_lora.peft import functional as LF
+    monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)  # the fused function, whatever the size
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 96))
+    apply_lora(model, dict(r=4, alpha=8, targets=['0'], quantize_bits=bits))
+    with torch.no_grad():
+        model[0].lora_B['default'].weight.normal_()
+    x = torch.randn(5, 32, requires_grad=True)
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    outs = [run(x) for run in (model, compiled)]
+    grads = [torch.autograd.grad(out.square().sum(), [x, model[0].lora_A['default'].weight]) for out in outs]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()

@@ -172,11 +172,12 @@ def test_compiled_blocks_of_different_drop_path_rates_share_one_graph():
     for layer in layers:
         layer.compile(backend='aot_eager', fullgraph=True)
     x = torch.randn(400, 3) + 5.0
+    layers[-1].half()  # the rate is not rounded with the model's dtype
     for layer in layers:
         out = layer(x)
         kept = (out != 0).all(dim=1)
-        torch.testing.assert_close(out[kept], x[kept] / (1.0 - layer.drop_prob))
+        torch.testing.assert_close(out[kept], x[kept] / (1.0 - layer.drop_prob), rtol=3e-7, atol=0)  # not 1e-4 off
         assert bool(((out == 0).all(dim=1) | kept).all())
         assert abs(kept.float().mean().item() - (1.0 - layer.drop_prob)) < 0.1
-    assert counters['stats']['unique_graphs'] <= 2  # the first rate, then one graph with the rate as an input
-    assert torch.equal(layers[0].eval()(x), x) and 'keep_prob' not in layers[0].state_dict()
+    assert counters['stats']['unique_graphs'] == 1  # the rate is an input of the graph
+    assert torch.equal(layers[0].eval()(x), x) and not layers[0].state_dict()
