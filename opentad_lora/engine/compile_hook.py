@@ -25,6 +25,7 @@ or ``torch.compile`` keyword arguments, MMEngine's format, plus ``regional``) or
 (:func:`opentad_lora.engine.runner_utils.setup_compile`).
 """
 import logging
+import threading
 from fnmatch import fnmatchcase
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -39,6 +40,7 @@ from opentad_lora.registry import HOOKS
 
 Regional = Union[bool, str, Sequence[str], None]
 Region = Tuple[nn.Module, Callable[..., Any]]
+CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')  # torch.compile modes that capture CUDA graphs
 
 
 def _is_block_list(module: nn.Module) -> bool:
@@ -70,6 +72,27 @@ def repeated_blocks(model: nn.Module, patterns: Optional[Sequence[str]] = None) 
         elif _is_block_list(module):
             chosen.extend((f'{name}.{child_name}', child) for child_name, child in module.named_children())
     return chosen
+
+
+class MainThreadCount:
+    """Calls a compiled block with the main thread's intra-op thread count, which dynamo guards on.
+
+    A checkpointed block's forward runs again in the backward, on autograd's device thread. On the H200 host that
+    thread's ``torch.get_num_threads()`` differed from the main thread's, so the recomputation missed every guard
+    ("GLOBAL_STATE changed: num_threads") and compiled each backbone graph a second time (AdaTAD: 4 graphs instead
+    of 2). The count seen in the main thread is the one other threads get before they enter the compiled code.
+    """
+
+    def __init__(self, compiled: Callable[..., Any]) -> None:
+        self.compiled = compiled
+        self.threads = torch.get_num_threads()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            self.threads = torch.get_num_threads()
+        elif torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return self.compiled(*args, **kwargs)
 
 
 def _regional_patterns(regional: Regional) -> Optional[Sequence[str]]:
@@ -133,6 +156,12 @@ class CompileHook(Hook):
     priority = 'VERY_HIGH'  # after_train: the eager forward is back before exports copy the model
 
     def __init__(self, regional: Regional = False, **compile_kwargs: Any) -> None:
+        if regional and compile_kwargs.get('mode') in CUDA_GRAPH_MODES:
+            raise ValueError(f"compile.regional with mode={compile_kwargs['mode']!r}: each block would replay its "
+                             'own CUDA graph into memory that earlier blocks\' outputs, kept for the backward, still '
+                             'use (H200, AdaTAD with checkpointing: "accessing tensor output of CUDAGraphs that has '
+                             "been overwritten\"). Use regional compilation without a mode, or mode='reduce-overhead' "
+                             'with compile.regional=False (whole loss forward, docs/engine.md).')
         self.patterns = _regional_patterns(regional) if regional else None
         self.regional = bool(regional)
         self.compile_kwargs = compile_kwargs
@@ -153,7 +182,8 @@ class CompileHook(Hook):
         print_log(f'CompileHook: regional compilation of {len(blocks)} blocks ({", ".join(classes)}): '
                   f'{blocks[0][0]} ... {blocks[-1][0]}; the rest of the loss forward runs eagerly.',
                   logger='current')
-        return [(block, torch.compile(block._call_impl, **self.compile_kwargs)) for _, block in blocks]
+        return [(block, MainThreadCount(torch.compile(block._call_impl, **self.compile_kwargs)))
+                for _, block in blocks]
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

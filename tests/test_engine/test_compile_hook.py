@@ -17,7 +17,7 @@ from torch._dynamo.utils import counters
 from torch.utils.checkpoint import checkpoint
 
 from opentad_lora.engine import CompileHook, LoRACheckpointHook, load_checkpoint_file  # noqa: F401  (registers hooks)
-from opentad_lora.engine.compile_hook import LossForward, repeated_blocks
+from opentad_lora.engine.compile_hook import LossForward, MainThreadCount, repeated_blocks
 from opentad_lora.peft import apply_lora
 
 LOSS_RTOL = 1e-4
@@ -65,12 +65,12 @@ def test_setup_compile_moves_the_config_option_into_the_hook():
     assert flag_only['custom_hooks'] == [dict(type='opentad_lora.CompileHook')]
     plain = dict(custom_hooks=[])
     assert setup_compile(plain) is False and plain == dict(custom_hooks=[], compile=False)
-    regional = dict(compile=dict(regional=['backbone.blocks.*'], mode='reduce-overhead'))
+    regional = dict(compile=dict(regional=['backbone.blocks.*'], dynamic=False))
     assert setup_compile(regional) is True
     assert regional['custom_hooks'] == [dict(type='opentad_lora.CompileHook', regional=['backbone.blocks.*'],
-                                             mode='reduce-overhead')]
+                                             dynamic=False)]
     hook = CompileHook(**{k: v for k, v in regional['custom_hooks'][0].items() if k != 'type'})
-    assert hook.patterns == ['backbone.blocks.*'] and hook.compile_kwargs == dict(mode='reduce-overhead')
+    assert hook.patterns == ['backbone.blocks.*'] and hook.compile_kwargs == dict(dynamic=False)
 
 
 class ToyBlock(nn.Module):
@@ -147,6 +147,8 @@ def test_regional_without_blocks_says_what_to_do(regional, message, tmp_path, ma
     assert 'compile.regional=False' in str(error.value)
     with pytest.raises(TypeError, match='compile.regional must be True, False or module-name patterns'):
         CompileHook(regional=3)
+    with pytest.raises(ValueError, match="compile.regional with mode='reduce-overhead'.*compile.regional=False"):
+        CompileHook(regional=True, mode='reduce-overhead')
 
 
 @pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'with_cp'])
@@ -248,3 +250,33 @@ def test_regional_checkpointed_blocks_recompute_with_their_forward_graph(lru, mo
         hook.after_train(runner)
     assert counters['stats']['unique_graphs'] == 3
     assert torch._dynamo.config.recompile_limit == limit  # raised by 4 (the blocks) during training only
+
+
+@pytest.mark.parametrize('wrapped', [True, False], ids=['main_thread_count', 'bare_compiled'])
+def test_regional_block_called_from_another_thread_reuses_the_main_threads_graph(wrapped):
+    """The backward recomputes checkpointed blocks on autograd's device thread, whose intra-op thread count can
+    differ from the main thread's: dynamo guards on the count, so the bare compiled block compiles again there."""
+    import threading
+    torch._dynamo.reset()
+    counters.clear()
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    block, x = ToyBlock(4), torch.randn(3, 4)
+    compiled = torch.compile(block._call_impl, backend='aot_eager')
+    call = MainThreadCount(compiled) if wrapped else compiled
+    try:
+        torch.set_num_threads(1)
+        expected = call(x)
+        outputs = []
+
+        def other_thread():
+            torch.set_num_threads(2)
+            outputs.append(call(x))
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(outputs[0], expected, rtol=0, atol=0)
+    assert counters['stats']['unique_graphs'] == (1 if wrapped else 2)
