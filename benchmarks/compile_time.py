@@ -9,7 +9,7 @@ up (``--compile whole``: ``compile=True``; ``regional``: ``compile=dict(regional
 A config: ``tools/train.py CONFIG --compile`` in this process (``--no-validate``, every iteration logged
 unsmoothed), the times read from the run's ``scalars.json``; arguments after ``--`` go to ``tools/train.py``::
 
-    python benchmarks/compile_time.py --config CONFIG --compile regional --compile-mode reduce-overhead -- \\
+    python benchmarks/compile_time.py --config CONFIG --compile regional --patterns 'backbone.blocks.*' -- \\
         --amp --cfg-options train_cfg.max_epochs=1
 
 Prints one JSON line: the first iteration's wall seconds (and, synthetic model, the CPU seconds of this process
@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
     if not args.warm_cache:
         os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor_cold_')
-    if args.device == 'cpu':
+    if args.device == 'cpu' and not args.config:
         torch._inductor.config.compile_threads = 1  # no pool of compile workers: CPU time stays in this process
     result = run_config(args, train_args) if args.config else run_synthetic(args)
     synthetic = ('device', 'depth', 'dim', 'heads', 'img_size', 'patch_size', 'batch', 'steps', 'with_cp',
