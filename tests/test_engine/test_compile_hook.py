@@ -4,6 +4,7 @@ forward is compiled, and its checkpoint is an ordinary one that an eager model l
 Inductor fuses and reorders float operations, so losses are compared with rtol 1e-4 (measured differences: ~1e-7).
 """
 import re
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -256,7 +257,6 @@ def test_regional_checkpointed_blocks_recompute_with_their_forward_graph(lru, mo
 def test_regional_block_called_from_another_thread_reuses_the_main_threads_graph(wrapped):
     """The backward recomputes checkpointed blocks on autograd's device thread, whose intra-op thread count can
     differ from the main thread's: dynamo guards on the count, so the bare compiled block compiles again there."""
-    import threading
     torch._dynamo.reset()
     counters.clear()
     threads = torch.get_num_threads()
