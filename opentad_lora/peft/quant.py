@@ -6,8 +6,9 @@ bitsandbytes >= 0.45, so QLoRA is tested without a GPU. The import is lazy: a fl
 4-bit weights are dequantized by bitsandbytes' ops by default. ``OPENTAD_LORA_DEQUANT_KERNEL=kernel`` uses
 :mod:`.nf4_kernels` instead on CUDA (one Triton launch, the same bits, written straight into the fused function's
 ``[W | sB]``); ``=interpret`` also on CPU through Triton's interpreter (tests; needs ``TRITON_INTERPRET=1`` before
-the kernel modules are imported). The kernel is opt-in until an H200 shows it faster on a whole step: its first
-version was slower than bitsandbytes on ViT-H's weights, the per-byte version is not yet timed (benchmarks/RESULTS.md).
+the kernel modules are imported). The kernel is opt-in until an H200 shows it faster on a whole step: per call it
+takes less GPU time than bitsandbytes into ``[W | sB]`` on ViT-B/H shapes but up to 26 us more host time, and eager
+QLoRA steps are host-bound (benchmarks/RESULTS.md, session 8).
 """
 import functools
 import os
