@@ -6,6 +6,7 @@ from typing import List, Mapping, MutableMapping, Optional
 import torch
 from mmengine.logging import print_log
 
+from .compile_hook import CompileHook
 from .ddp import TORCHRUN_ENV, init_cpu_process_group
 
 CPU_DDP_WRAPPER = 'opentad_lora.AnyDeviceDistributedDataParallel'  # scoped: the Runner looks the type up in the root
@@ -117,6 +118,7 @@ def setup_compile(cfg: MutableMapping, flag: bool = False) -> bool:
     if not options:
         return False
     kwargs = dict(options) if isinstance(options, Mapping) else {}
+    CompileHook(**kwargs)  # refuses bad options here, before the Runner makes its work_dir
     hooks = [hook for hook in (cfg.get('custom_hooks') or [])
              if str(hook.get('type', '')).split('.')[-1] != COMPILE_HOOK.split('.')[-1]]
     cfg['custom_hooks'] = [*hooks, dict(type=COMPILE_HOOK, **kwargs)]

@@ -150,6 +150,9 @@ def test_regional_without_blocks_says_what_to_do(regional, message, tmp_path, ma
         CompileHook(regional=3)
     with pytest.raises(ValueError, match="compile.regional with mode='reduce-overhead'.*compile.regional=False"):
         CompileHook(regional=True, mode='reduce-overhead')
+    from opentad_lora.engine import setup_compile  # tools/train.py: refused before the Runner is built
+    with pytest.raises(ValueError, match="compile.regional with mode='max-autotune'"):
+        setup_compile(dict(compile=dict(regional=['backbone.blocks.*'], mode='max-autotune')))
 
 
 @pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'with_cp'])
