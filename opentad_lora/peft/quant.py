@@ -3,12 +3,13 @@
 bitsandbytes quantizes a ``Params4bit``/``Int8Params`` when it is moved to a device; both layers run on CPU with
 bitsandbytes >= 0.45, so QLoRA is tested without a GPU. The import is lazy: a float-only user never loads bnb.
 
-4-bit weights are dequantized by bitsandbytes' ops by default. ``OPENTAD_LORA_DEQUANT_KERNEL=kernel`` uses
-:mod:`.nf4_kernels` instead on CUDA (one Triton launch, the same bits, written straight into the fused function's
-``[W | sB]``); ``=interpret`` also on CPU through Triton's interpreter (tests; needs ``TRITON_INTERPRET=1`` before
-the kernel modules are imported). The kernel is opt-in until an H200 shows it faster on a whole step: per call it
-takes less GPU time than bitsandbytes into ``[W | sB]`` on ViT-B/H shapes but up to 26 us more host time, and eager
-QLoRA steps are host-bound (benchmarks/RESULTS.md, session 8).
+4-bit weights are dequantized on CUDA by :mod:`.nf4_kernels` (one Triton launch, bitsandbytes' bits, written
+straight into the fused function's ``[W | sB]``), elsewhere and inside ``torch.compile`` by bitsandbytes' ops.
+On an H200 the kernel took no more GPU time than bitsandbytes' three launches in a whole QLoRA-4 step and issued
+228 (ViT-B) and 608 (ViT-H) fewer kernels per step, which the host-bound eager step feels
+(benchmarks/RESULTS.md, session 9). ``OPENTAD_LORA_DEQUANT_KERNEL=bnb`` keeps bitsandbytes' ops everywhere;
+``=interpret`` also sends CPU tensors to the kernel through Triton's interpreter (tests; needs
+``TRITON_INTERPRET=1`` before the kernel modules are imported).
 """
 import functools
 import os
@@ -113,10 +114,11 @@ _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _dequant_kernel_applies(weight: Tensor, state, dtype: torch.dtype, out: Optional[Tensor]) -> bool:
-    """Whether :mod:`.nf4_kernels` serves this weight: asked for (``=kernel``: CUDA; ``=interpret``: CUDA and CPU),
+    """Whether :mod:`.nf4_kernels` serves this weight: not turned off (``=kernel``, the default: CUDA;
+    ``=interpret``: CUDA and CPU),
     Triton installed, contiguous uint8 storage of a 2-D weight, a float output dtype, int32 offsets (weight and
     ``out``), not inside ``torch.compile``. ``=interpret`` on CPU without Triton's interpreter is an error."""
-    choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'bnb')
+    choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'kernel')
     if choice not in _KERNEL_CHOICES:
         raise ValueError(f'OPENTAD_LORA_DEQUANT_KERNEL={choice!r}: use one of {_KERNEL_CHOICES} (or leave it unset).')
     device = weight.device.type

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -159,17 +160,21 @@ def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels):
     assert torch.equal(buffer[:, :30], dequantize_weight(int8, torch.bfloat16)) and not buffer[:, 30:].any()
 
 
-def test_kernel_is_opt_in_and_the_switch_is_checked(kernels, monkeypatch):
-    """Unset, bitsandbytes dequantizes (the kernel is opt-in until timed faster on a GPU step); ``=kernel`` asks for
-    it on CUDA only; a wrong value stops with the choices named."""
+def test_kernel_is_the_default_on_cuda_and_the_switch_is_checked(kernels, monkeypatch):
+    """Unset, the kernel serves CUDA weights (timed faster on a whole H200 step) and CPU ones stay bitsandbytes';
+    ``=bnb`` turns it off everywhere; a wrong value stops with the choices named."""
+    from opentad_lora.peft import quant
     layer = _layer((8, 64), 'nf4', True)
-    for switch in (None, 'kernel'):
-        if switch is None:
-            monkeypatch.delenv('OPENTAD_LORA_DEQUANT_KERNEL')
-        else:
-            monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', switch)
-        assert torch.equal(dequantize_weight(layer, torch.bfloat16), _bnb(layer, torch.bfloat16))
+    state = layer.weight.quant_state
+    on_cuda = SimpleNamespace(device=torch.device('cuda'), dtype=torch.uint8, is_contiguous=lambda: True,
+                              numel=layer.weight.numel)  # what the switch reads of a CUDA weight
+    monkeypatch.delenv('OPENTAD_LORA_DEQUANT_KERNEL')
+    assert quant._dequant_kernel_applies(on_cuda, state, torch.bfloat16, None)
+    assert not quant._dequant_kernel_applies(layer.weight, state, torch.bfloat16, None)
+    assert torch.equal(dequantize_weight(layer, torch.bfloat16), _bnb(layer, torch.bfloat16))
     assert not kernels.calls
+    monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'bnb')
+    assert not quant._dequant_kernel_applies(on_cuda, state, torch.bfloat16, None)
     monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'auto')
     with pytest.raises(ValueError, match="'bnb', 'kernel', 'interpret'"):
         dequantize_weight(layer, torch.bfloat16)
