@@ -100,7 +100,7 @@ class _CastCache:
     """The last compute-dtype copy of an input, so layers that read the same tensor (q/k/v, gate/up) save ONE copy.
 
     Holds weak references only: an entry lives as long as some layer keeps the copy for backward, and a tensor
-    changed in place (its version moves) is cast again. ``spare`` as in :func:`_cast`.
+    changed in place (its version moves) is cast again. ``spare`` as in :func:`_cast`. Not used while compiling.
     """
 
     def __init__(self) -> None:
@@ -109,6 +109,8 @@ class _CastCache:
     def __call__(self, x: Tensor, dtype: torch.dtype, spare: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
         if x.dtype == dtype:
             return x, None
+        if torch.compiler.is_compiling():  # the entry is module state: setting it inside a checkpointed block breaks
+            return _cast(x, dtype, spare)  # dynamo's graph there; AOTAutograd's CSE merges the repeated casts
         entry = self._entry
         if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2] == dtype:
             cast = entry[3]()
