@@ -26,7 +26,7 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from opentad_lora.engine.checkpoint import CheckpointError  # noqa: E402
-from opentad_lora.engine.ddp import release_process_group  # noqa: E402
+from opentad_lora.engine.dist_teardown import release_process_group  # noqa: E402
 from opentad_lora.engine.runner_utils import (add_checkpoint_match_hook, setup_amp, setup_compile,  # noqa: E402
                                               setup_launcher)
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402

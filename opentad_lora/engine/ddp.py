@@ -37,15 +37,3 @@ def init_cpu_process_group(backend: str = 'gloo') -> bool:
     torch_dist.init_process_group(backend=backend)
     return True
 
-
-def release_process_group() -> bool:
-    """Destroy the default process group after a finished run, if there is one; returns whether there was.
-
-    PyTorch asks for this on normal exit. Left to interpreter shutdown, the group's threads are torn down in an
-    order it does not control: once, in CI, a ``torchrun`` child that had finished and saved an FSDP run aborted there
-    ("terminate called without an active exception", SIGABRT), failing the job.
-    """
-    if not (torch_dist.is_available() and torch_dist.is_initialized()):
-        return False
-    torch_dist.destroy_process_group()
-    return True

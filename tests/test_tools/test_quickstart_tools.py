@@ -33,8 +33,11 @@ TRAIN_PER_CLASS = 6  # 24 images, batch 8: 3 iterations per epoch (2 per rank wi
 
 
 def run_tool(args: List[str], timeout: int = 240) -> str:
-    """Run a command from the repository root (not installed: the tools add the root to sys.path); return its log."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    """Run a command from the repository root (not installed: the tools add the root to sys.path); return its log.
+
+    With ``PYTHONFAULTHANDLER`` a process killed by a signal prints every thread's Python stack into the log.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', PYTHONFAULTHANDLER='1')
     env.pop('PYTHONPATH', None)
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
