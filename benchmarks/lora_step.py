@@ -9,10 +9,12 @@ timm's ``VisionTransformer`` (as in shared/bench/anchor_lora_step.py) so PEFT an
     python benchmarks/lora_step.py --arch vit_h --batch 64 --modes floor,full,peft_lora,ours_lora
     python benchmarks/lora_step.py --model ours --modes floor,ours_lora,ours_qlora4   # our ViT blocks
 
+``floor_bf16base`` / ``ours_lora_bf16base`` store the targeted frozen weights in bf16 (``LoRAConfig.base_dtype``);
+compare them with each other: the float32 floor pays a cast of every weight per step that they do not.
 A mode name ending in ``_compile`` is that mode under ``torch.compile``; ``_compile_cudagraphs`` adds
 ``mode='reduce-overhead'`` (the step's kernels replayed as CUDA graphs, which removes the host's per-kernel cost).
-Prints one JSON line per mode as it finishes (ratios need ``floor``/``infer_base`` listed first); ``--cpu-smoke``
-runs two tiny steps of every mode on CPU to check the script.
+Prints one JSON line per mode as it finishes (ratios need ``floor``/``floor_bf16base``/``infer_base`` listed
+first); ``--cpu-smoke`` runs two tiny steps of every mode on CPU to check the script.
 """
 import argparse
 import copy
@@ -35,7 +37,7 @@ ARCHS = {
 TARGETS = ['qkv', 'proj', 'fc1', 'fc2']
 MODES = ('floor', 'full', 'peft_lora', 'peft_qlora4', 'ours_lora', 'ours_lora_unfused', 'ours_qlora4',
          'ours_qlora8', 'ours_lora_compile', 'ours_lora_compile_cudagraphs', 'ours_qlora4_compile',
-         'infer_base', 'infer_merged')
+         'floor_bf16base', 'ours_lora_bf16base', 'infer_base', 'infer_merged')
 # A mode ending in one of these is the mode before it, torch.compile-d with these keyword arguments
 # ('reduce-overhead' replays the step's kernels as CUDA graphs: no host cost per kernel)
 COMPILE_SUFFIXES = {'_compile_cudagraphs': dict(mode='reduce-overhead'), '_compile': {}}
@@ -78,6 +80,11 @@ def prepare(mode: str, model: nn.Module, rank: int, device: str) -> nn.Module:
         if mode.endswith(suffix):
             return torch.compile(prepare(mode[:-len(suffix)], model, rank, device), **compile_kwargs)
     lora = dict(r=rank, alpha=2 * rank, targets=TARGETS)  # as PEFT's list: also the patch-embedding conv 'proj'
+    if mode == 'floor_bf16base':  # the floor of ours_lora_bf16base: the same weights stored in bf16
+        for name, module in model.named_modules():
+            if name.rpartition('.')[2] in TARGETS:
+                module.to(torch.bfloat16)
+        mode = 'floor'
     if mode in ('floor', 'infer_base'):
         return model.to(device).requires_grad_(False)
     if mode == 'full':
@@ -88,7 +95,9 @@ def prepare(mode: str, model: nn.Module, rank: int, device: str) -> nn.Module:
             _peft_qlora_swap(model)
         return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)).to(device)
     model = model.to(device)
-    if mode == 'ours_qlora4':
+    if mode == 'ours_lora_bf16base':  # LoRAConfig.base_dtype: frozen bases stored in bf16
+        apply_lora(model, dict(lora, base_dtype='bf16'))
+    elif mode == 'ours_qlora4':
         apply_lora(model, dict(lora, quantize_bits=4, compute_dtype='bf16'))
     elif mode == 'ours_qlora8':
         apply_lora(model, dict(lora, quantize_bits=8, compute_dtype='bf16'))
@@ -132,15 +141,16 @@ def main() -> None:
         torch.manual_seed(0)
         if device == 'cuda':
             torch.cuda.empty_cache()
-        x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode == 'floor')
+        x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode.startswith('floor'))
         try:
             model = prepare(mode, copy.deepcopy(reference), args.rank, device)
             seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not mode.startswith('infer'))
             row = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2) if peak is not None else None,
                        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
-            if mode in ('floor', 'infer_base'):
+            if mode in ('floor', 'floor_bf16base', 'infer_base'):
                 baselines[mode] = row['ms']
-            base = baselines.get('infer_base' if mode.startswith('infer') else 'floor')
+            base = baselines.get('infer_base' if mode.startswith('infer') else
+                                 'floor_bf16base' if mode.endswith('bf16base') else 'floor')
             if base:
                 row['ratio'] = round(row['ms'] / base, 3)
         except Exception as err:  # one failing mode must not hide the others' numbers

@@ -89,7 +89,7 @@ def main() -> None:
     for mode in args.modes.split(','):
         torch.manual_seed(0)
         model = prepare(mode, copy.deepcopy(reference), args.rank, device)
-        x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode == 'floor')
+        x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode.startswith('floor'))
         time_steps(model, x, 1, args.warmup)
         print(json.dumps(dict(mode=mode, arch=args.arch, model=args.model, batch=args.batch, **issue_ms(model, x, 5),
                               **kernel_table(model, x, args.iters, args.top))), flush=True)

@@ -1,4 +1,4 @@
-"""Peak live bytes of the tensors one LLM training step creates, on CPU: what a GPU peak is made of, without a GPU.
+"""Peak live bytes of the tensors one training step creates, on CPU: what a GPU peak is made of, without a GPU.
 
 Runs the step of :mod:`step_timer` (bf16 autocast forward, ``out.float().square().mean().backward()``) on a model
 of :func:`llm_step.build` under a ``TorchDispatchMode`` that follows the storage of every op output until it is freed.
@@ -17,6 +17,10 @@ explicitly): a few KB on the tiny model, the same for every mode.
     python benchmarks/step_live_bytes.py                               # tiny model, peft_qlora4 vs ours_qlora4
     python benchmarks/step_live_bytes.py --shape qwen2-1.5b --layers 1 --vocab 32000 --tokens 128  # ~2 min
     python benchmarks/step_live_bytes.py --shape qwen2-1.5b --tokens 1024 --fake    # the GPU benchmark's step, ~5 min
+    python benchmarks/step_live_bytes.py --vit vit_b --batch 128 --fake --modes ours_lora,ours_lora_bf16base
+
+``--vit ARCH`` measures the ViT step of :mod:`lora_step` (its modes, images of the arch's size) instead of the LLM.
+Each mode's line also gives the bytes of its parameters, which the step peak leaves out.
 """
 import argparse
 import collections
@@ -34,6 +38,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llm_step  # noqa: E402  (this folder)
+import lora_step  # noqa: E402
 from step_timer import step_loss  # noqa: E402
 
 Label = Tuple[str, Tuple[int, ...], str, str, str]  # op, shape, dtype, phase, module
@@ -89,15 +94,15 @@ class LiveBytes(TorchDispatchMode):
             self.modules.pop()
 
 
-def measure(model: nn.Module, ids: torch.Tensor) -> LiveBytes:
-    """Live bytes of one training step of ``model`` on ``ids`` (as :func:`step_timer.time_steps` runs it)."""
+def measure(model: nn.Module, inputs: torch.Tensor) -> LiveBytes:
+    """Live bytes of one training step of ``model`` on ``inputs`` (as :func:`step_timer.time_steps` runs it)."""
     tracker = LiveBytes()
     names = {module: name for name, module in model.named_modules()}
     hooks = [nn.modules.module.register_module_forward_pre_hook(lambda m, a: tracker.enter_module(names.get(m, ''))),
              nn.modules.module.register_module_forward_hook(lambda m, a, o: tracker.exit_module(names.get(m, '')))]
     try:
         with tracker:
-            loss = step_loss(model, ids)
+            loss = step_loss(model, inputs)
             tracker.phase, tracker.modules = 'bwd', []
             loss.backward()
     finally:
@@ -126,6 +131,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--rank', type=int, default=16)
     parser.add_argument('--gc', type=int, default=1, help='gradient checkpointing (1) or not (0)')
     parser.add_argument('--top', type=int, default=12)
+    parser.add_argument('--vit', choices=sorted(lora_step.ARCHS), help="measure this ViT's step (lora_step modes)")
     parser.add_argument('--fake', action='store_true',
                         help='run the step on fake tensors (shapes only, no arithmetic): full-size models in minutes')
     args = parser.parse_args(argv)
@@ -135,12 +141,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = {}
     for mode in args.modes.split(','):
         torch.manual_seed(0)
-        model = llm_step.build(mode, '_measured', args.rank, 0.0, bool(args.gc), 'cpu')
+        if args.vit:
+            model = lora_step.prepare(mode, lora_step.build(args.vit), args.rank, 'cpu')
+        else:
+            model = llm_step.build(mode, '_measured', args.rank, 0.0, bool(args.gc), 'cpu')
         with FakeTensorMode(allow_non_fake_inputs=True) if args.fake else contextlib.nullcontext():
-            ids = torch.randint(0, shape['vocab_size'], (args.batch, args.tokens))
-            tracker = measure(model, ids)
+            if args.vit:
+                size = lora_step.ARCHS[args.vit]['img_size']
+                inputs = torch.randn(args.batch, 3, *(size if isinstance(size, tuple) else (size, size)),
+                                     requires_grad=mode.startswith('floor'))
+            else:
+                inputs = torch.randint(0, shape['vocab_size'], (args.batch, args.tokens))
+            tracker = measure(model, inputs)
         results[mode] = grouped(tracker)
-        print(f'== {mode}: peak {tracker.peak} B ({tracker.peak / 2**20:.3f} MiB) at {tracker.peak_op}')
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        print(f'== {mode}: peak {tracker.peak} B ({tracker.peak / 2**20:.3f} MiB) at {tracker.peak_op}; '
+              f'parameters {param_bytes} B ({param_bytes / 2**20:.3f} MiB)')
         for label, nbytes in results[mode].most_common(args.top):
             print(f'  {nbytes:>12}  {label}')
     for mode in results:

@@ -53,13 +53,20 @@ def lora_fsdp_auto_wrap_policy(module: nn.Module, recurse: bool, nonwrapped_nume
 
 
 def check_fsdp_dtypes(model: nn.Module) -> None:
-    """Raise a ``ValueError`` naming the first parameter FSDP cannot flatten (a non-float dtype)."""
+    """Raise a ``ValueError`` naming the first parameter FSDP cannot flatten: a non-float one, or one whose dtype
+    differs from the first parameter's (FSDP1 flattens a unit into one tensor of one dtype)."""
+    first = None
     for name, param in model.named_parameters():
         if not param.is_floating_point():
             raise ValueError(
                 f'FSDP can only shard float parameters, but {name} is {param.dtype}. For 4-bit QLoRA set '
                 "lora=dict(..., quant_storage='float32') (the dtype of the other weights); 8-bit bases cannot be "
                 'sharded: train them with DDP.')
+        first = first or (name, param.dtype)
+        if param.dtype != first[1]:
+            raise ValueError(
+                f'FSDP flattens the parameters of a unit into one tensor of one dtype, but {name} is {param.dtype} '
+                f'and {first[0]} is {first[1]}. Leave lora.base_dtype unset under FSDP (or use DDP).')
 
 
 @STRATEGIES.register_module()

@@ -10,6 +10,7 @@ from .targets import compile_pattern
 _DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'float16': torch.float16, 'fp16': torch.float16,
            'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16}
 INIT_METHODS = ('zero_b', 'gaussian')
+_DTYPE_KEYS = ('compute_dtype', 'quant_storage', 'base_dtype')
 
 
 def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
@@ -41,6 +42,11 @@ class LoRAConfig:
             float32. LoRA weights are always kept in float32; they compute in the activation/autocast dtype.
         quant_storage: dtype that holds the packed 4-bit data (None: uint8). FSDP flattens a unit's parameters into
             one float tensor, so under FSDP set it to the dtype of the other weights of the unit (e.g. float32).
+        base_dtype: dtype to store the frozen float bases of the LoRA layers in, e.g. ``'bfloat16'`` under bf16
+            autocast: half the memory of float32 bases, and the fused layer then neither casts the weight every step
+            nor keeps a cast copy of it for backward. None keeps the model's dtype. Outside autocast such a base
+            computes in the input's dtype; merging into it rounds to its dtype. Not for quantized bases (their
+            dtype is ``compute_dtype``) nor under FSDP (one dtype per flattened unit).
         keep_dequantized: Keep each quantized base's dequantized weight from forward until backward instead of
             dequantizing it again there: one dequantization less per layer and step, for a compute-dtype copy of
             every quantized weight held through the step (what QLoRA is meant to avoid). Off by default. Calls with
@@ -70,6 +76,7 @@ class LoRAConfig:
     double_quant: bool = True
     compute_dtype: Union[None, str, torch.dtype] = None
     quant_storage: Union[None, str, torch.dtype] = None
+    base_dtype: Union[None, str, torch.dtype] = None
     keep_dequantized: bool = False
     recompute_inputs: bool = True
     rank_pattern: Dict[str, int] = field(default_factory=dict)
@@ -135,11 +142,14 @@ class LoRAConfig:
             raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {self.quant_type!r}.")
         if self.init not in INIT_METHODS:
             raise ValueError(f'init must be one of {INIT_METHODS}, got {self.init!r}.')
-        for key in ('compute_dtype', 'quant_storage'):
+        for key in _DTYPE_KEYS:
             try:
                 resolve_dtype(getattr(self, key))
             except ValueError as err:
                 raise ValueError(f'LoRA config {key}: {err}') from None
+        if self.base_dtype is not None and self.quantize_bits:
+            raise ValueError(f'base_dtype={self.base_dtype!r} applies to float bases, but quantize_bits='
+                             f'{self.quantize_bits} quantizes them: set compute_dtype instead.')
         for pattern in [*self.targets, *self.exclude, *self.rank_pattern, *self.alpha_pattern, *self.modules_to_save]:
             compile_pattern(pattern)
         for pattern, rank in self.rank_pattern.items():
@@ -157,10 +167,14 @@ class LoRAConfig:
     def torch_quant_storage(self) -> Optional[torch.dtype]:
         return resolve_dtype(self.quant_storage)
 
+    @property
+    def torch_base_dtype(self) -> Optional[torch.dtype]:
+        return resolve_dtype(self.base_dtype)
+
     def to_dict(self) -> Dict[str, Any]:
         """A plain dict that ``LoRAConfig.build`` turns back into an equal config."""
         out = dataclasses.asdict(self)
-        for key in ('compute_dtype', 'quant_storage'):
+        for key in _DTYPE_KEYS:
             if isinstance(out[key], torch.dtype):
                 out[key] = str(out[key]).replace('torch.', '')
         return out

@@ -64,6 +64,15 @@ def lora_linear_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], lor
     return result + lora_delta(x, lora_a, lora_b, scaling, dropout_p, training).to(result.dtype)
 
 
+def base_operands(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """A float base's ``weight`` and ``bias`` as it computes with them on ``x``: cast to ``x``'s dtype outside
+    autocast where they are stored in another one (``LoRAConfig.base_dtype``), as they are otherwise (autocast
+    casts both operands itself)."""
+    if weight.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return weight, bias
+    return weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
@@ -344,7 +353,7 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tenso
         return FusedLoRALinear.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training, None, False,
                                      input_fn)
     x = x if input_fn is None else input_fn(x)
-    return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
+    return lora_linear_reference(x, *base_operands(x, weight, bias), lora_a, lora_b, scaling, dropout_p, training)
 
 
 def qlora_linear(x: Tensor, dequantize: Callable[..., Tensor], bias: Optional[Tensor], lora_a: Tensor,

@@ -162,7 +162,8 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
     """Add the LoRA adapter ``adapter_name`` to ``model`` in place, as ``cfg`` describes.
 
     Every selected module becomes a :class:`LoRALinear` / :class:`LoRAConv` (or gains a new adapter if it already is
-    one). With ``quantize_bits`` the frozen base of each selected ``nn.Linear`` becomes a bitsandbytes layer. Then
+    one). With ``quantize_bits`` the frozen base of each selected ``nn.Linear`` becomes a bitsandbytes layer, with
+    ``base_dtype`` each selected float base is stored in that dtype. Then
     every parameter of ``model`` is frozen except the active adapters' A/B and the ``modules_to_save``.
 
     Args:
@@ -180,7 +181,7 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
     plan, save_names = _plan(model, cfg)
     report = LoRAReport(adapter_name=adapter_name)
     active = next((layer.active_adapter for _, layer in iter_lora_layers(model)), None)
-    compute_dtype = cfg.torch_compute_dtype
+    compute_dtype, base_dtype = cfg.torch_compute_dtype, cfg.torch_base_dtype
     pending = collections.deque(plan)  # popped as they are wrapped: a replaced float layer is freed at once
     del plan
     while pending:
@@ -190,6 +191,8 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
             if cfg.quantize_bits and lora_layer_class(base) is not LoRAConv and not is_quantized(base):
                 base = quantize_linear(base, cfg.quantize_bits, cfg.quant_type, cfg.double_quant, compute_dtype,
                                        cfg.torch_quant_storage)
+            elif base_dtype is not None and not is_quantized(base):
+                base = base.to(base_dtype)  # weight and bias, in place
             module = lora_layer_class(base)(base)
             _set_submodule(model, name, module)
         module.update_layer(adapter_name, rank, alpha, cfg.dropout, cfg.use_rslora, cfg.init)

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as LF
@@ -132,10 +133,22 @@ class LoRALayer(nn.Module):
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """Undo every merge (exact for float bases; within quantization error for quantized ones)."""
+        """Undo every merge (exact for float32 bases; within the rounding of a 16-bit base (``base_dtype``) or the
+        quantization error of a quantized one)."""
         with torch.no_grad():
             while self.merged_adapters:
                 self._add_to_base(-self.delta_weight(self.merged_adapters.pop()))
+
+    def _base_forward(self, x: Tensor) -> Tensor:
+        """``base_layer(x)``; a float base stored in another dtype than ``x`` (``LoRAConfig.base_dtype``) computes
+        in ``x``'s dtype outside autocast (:func:`.functional.base_operands`)."""
+        base = self.base_layer
+        if base.weight.dtype == x.dtype or is_quantized(base):
+            return base(x)
+        weight, bias = LF.base_operands(x, base.weight, base.bias)
+        if weight is base.weight:
+            return base(x)
+        return base._conv_forward(x, weight, bias) if type(base) in _CONV_TYPES else F.linear(x, weight, bias)
 
     def _use_lora(self) -> bool:
         if self.adapters_disabled:
@@ -191,14 +204,14 @@ class LoRALinear(LoRALayer):
             raise TypeError('input_fn must be GELU/SiLU/ReLU (not in place) or a LayerNorm with frozen affine '
                             f'parameters, got {input_fn!r}.')
         if not self._use_lora():
-            return self.base_layer(x if input_fn is None else input_fn(x))
+            return self._base_forward(x if input_fn is None else input_fn(x))
         name = self.active_adapter
         lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
         scaling, dropout_p = self.scaling[name], self.dropout_p[name]
         if self.fused and LF.use_plain_path(x, dropout_p, self.training):
             x = x if input_fn is None else input_fn(x)  # few rows: memory is not what matters there
             quantized = is_quantized(self.base_layer)
-            base_forward = partial(dequantizing_linear, self.base_layer) if quantized else self.base_layer
+            base_forward = partial(dequantizing_linear, self.base_layer) if quantized else self._base_forward
             return LF.lora_linear_plain(x, base_forward, lora_a, lora_b, scaling)
         if is_quantized(self.base_layer):
             return LF.qlora_linear(x, self._dequantize, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
@@ -236,7 +249,7 @@ class LoRAConv(LoRALayer):
                                     self.lora_B[adapter_name].weight.float(), self.scaling[adapter_name])
 
     def forward(self, x: Tensor) -> Tensor:
-        result = self.base_layer(x)
+        result = self._base_forward(x)
         if not self._use_lora():
             return result
         name = self.active_adapter
