@@ -44,7 +44,8 @@ class LoRAConfig:
             one float tensor, so under FSDP set it to the dtype of the other weights of the unit (e.g. float32).
         base_dtype: dtype to store the frozen float bases of the LoRA layers in, e.g. ``'bfloat16'`` under bf16
             autocast: half the memory of float32 bases, and the fused layer then neither casts the weight every step
-            nor keeps a cast copy of it for backward. None keeps the model's dtype. Outside autocast such a base
+            nor keeps a cast copy of it for backward. None keeps the model's dtype. Use the autocast dtype: under
+            fp16 autocast a bf16 base is coarser than the float32 one rounded to fp16. Outside autocast such a base
             computes in the input's dtype; merging into it rounds to its dtype. Not for quantized bases (their
             dtype is ``compute_dtype``) nor under FSDP (one dtype per flattened unit).
         keep_dequantized: Keep each quantized base's dequantized weight from forward until backward instead of

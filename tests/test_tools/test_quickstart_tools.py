@@ -100,6 +100,22 @@ def test_test_tool_reproduces_validation_accuracy(straight_run, data, tmp_path, 
     assert f'accuracy/top1: {metrics["accuracy/top1"]:.4f}' in capsys.readouterr().out
 
 
+def test_bf16_bases_train_and_the_test_tool_rebuilds_them(data, tmp_path, load_tool):
+    """``lora.base_dtype`` from the command line: the run trains (float32 on CPU: the bases compute in the input's
+    dtype) and tools/test.py, building the model from the same options, reproduces its validation accuracy."""
+    option = 'model.lora.base_dtype=bfloat16'
+    run_tool([sys.executable, 'tools/train.py', str(CONFIG), '--work-dir', str(tmp_path), '--cfg-options',
+              *data_options(data), 'train_cfg.max_epochs=1', option])
+    metrics = load_tool('test').main([str(CONFIG), str(tmp_path / 'epoch_1.pth'), '--work-dir',
+                                      str(tmp_path / 'test'), '--cfg-options', *data_options(data), option])
+    assert metrics['accuracy/top1'] == val_accuracies(tmp_path)[-1]
+    cfg = Config.fromfile(CONFIG)
+    cfg.model.lora.base_dtype, cfg.model.backbone.pretrained = 'bfloat16', str(data / 'pretrained_vit.pth')
+    dtypes = {name: param.dtype for name, param in _build(cfg).named_parameters()}
+    assert dtypes['backbone.blocks.0.attn.qkv.base_layer.weight'] == torch.bfloat16
+    assert dtypes['backbone.blocks.0.attn.qkv.lora_A.default.weight'] == torch.float32
+
+
 def test_one_epoch_then_resume_equals_two_epochs(straight_run, data, tmp_path):
     log = train(tmp_path, data, 1, '--amp')  # --amp on CPU: a note, then plain float32
     assert 'no CUDA device' in log
