@@ -29,6 +29,16 @@ def tiny_config(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
+def tiny_ema_config(tiny_config) -> Path:
+    """The tiny config with OpenTAD's EMA of the trainable tensors (momentum raised so 2 epochs move it)."""
+    path = tiny_config.with_name('vit_tiny_lora_ema.py')
+    path.write_text(f"_base_ = ['{tiny_config}']\n"
+                    "custom_hooks = [dict(type='LoRACheckpointHook', trainable_only=True, interval=-1, save_final=True),\n"
+                    "                dict(type='TrainableEMAHook', momentum=0.2)]\n")
+    return path
+
+
+@pytest.fixture(scope='module')
 def data(tiny_config, tmp_path_factory, load_tool) -> Path:
     out = tmp_path_factory.mktemp('synthetic_cls')
     load_tool('data/make_synthetic_images').main(['--out', str(out), '--config', str(tiny_config),
@@ -91,3 +101,22 @@ def test_compiled_epoch_then_compiled_resume_equals_two_eager_epochs(variant, co
     metrics = load_tool('test').main([str(tiny_config), str(resumed / 'epoch_2.pth'), '--work-dir',
                                       str(tmp_path / 'test'), *options(data, *variant)])
     assert metrics['accuracy/top1'] == logged(resumed, 'accuracy/top1')[-1]
+
+
+def test_compiled_run_with_ema_resumes_to_the_eager_average(tiny_ema_config, data, tmp_path, load_tool):
+    """The EMA hook swaps the averaged weights into the compiled model for validation and back: the compiled run
+    (1 epoch + ``--resume``) logs the eager run's losses and validation accuracy and saves its average."""
+    eager = train(load_tool, tiny_ema_config, data, tmp_path / 'eager', 2)
+    resumed = train(load_tool, tiny_ema_config, data, tmp_path / 'resumed', 1, '--compile',
+                    extra=['compile.backend=aot_eager'])
+    train(load_tool, tiny_ema_config, data, resumed, 2, '--compile', '--resume', extra=['compile.backend=aot_eager'])
+    torch.testing.assert_close(torch.tensor(logged(resumed, 'loss')), torch.tensor(logged(eager, 'loss')), rtol=1e-5,
+                               atol=0)
+    assert logged(resumed, 'accuracy/top1') == logged(eager, 'accuracy/top1')
+    _assert_checkpoints_close(eager / 'epoch_2.pth', resumed / 'epoch_2.pth')
+    want = load_checkpoint_file(eager / 'epoch_2.pth')
+    got = load_checkpoint_file(resumed / 'epoch_2.pth')
+    assert any('lora_B' in key for key in want['ema_state_dict'])
+    for key, value in want['ema_state_dict'].items():
+        torch.testing.assert_close(got['ema_state_dict'][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert not torch.equal(want['state_dict']['head.weight'], want['ema_state_dict']['module.head.weight'])
