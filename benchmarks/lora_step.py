@@ -32,6 +32,7 @@ from step_timer import time_steps  # noqa: E402  (this folder, on sys.path when 
 ARCHS = {
     'vit_h': dict(img_size=(256, 192), patch_size=16, embed_dim=1280, depth=32, num_heads=16),
     'vit_b': dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    'vit_s': dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),  # AdaTAD's seed width
     'tiny': dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2),
 }
 TARGETS = ['qkv', 'proj', 'fc1', 'fc2']
