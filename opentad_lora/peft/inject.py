@@ -162,7 +162,7 @@ def apply_lora(model: nn.Module, cfg: Union[LoRAConfig, Mapping[str, Any]],
     """Add the LoRA adapter ``adapter_name`` to ``model`` in place, as ``cfg`` describes.
 
     Every selected module becomes a :class:`LoRALinear` / :class:`LoRAConv` (or gains a new adapter if it already is
-    one). With ``quantize_bits`` the frozen base of each selected ``nn.Linear`` becomes a bitsandbytes layer, with
+    one). With ``quantize_bits`` the frozen base of each selected ``nn.Linear`` becomes a bitsandbytes layer; with
     ``base_dtype`` each selected float base is stored in that dtype. Then
     every parameter of ``model`` is frozen except the active adapters' A/B and the ``modules_to_save``.
 
