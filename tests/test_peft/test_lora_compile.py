@@ -36,12 +36,13 @@ class _Checkpointed(nn.Module):
         return x
 
 
+@pytest.mark.parametrize('base_dtype', [None, 'bfloat16'], ids=['float32_bases', 'bf16_bases'])
 @pytest.mark.parametrize('plain_max_rows', [10 ** 9, 0], ids=['plain_ops', 'fused_function'])
-def test_checkpointed_lora_blocks_compile_to_one_graph_with_eager_numbers(monkeypatch, plain_max_rows):
+def test_checkpointed_lora_blocks_compile_to_one_graph_with_eager_numbers(monkeypatch, plain_max_rows, base_dtype):
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', plain_max_rows)
     torch.manual_seed(0)
     model = _Checkpointed()
-    apply_lora(model, dict(r=4, alpha=8, targets=['q', 'k', 'out']))
+    apply_lora(model, dict(r=4, alpha=8, targets=['q', 'k', 'out'], base_dtype=base_dtype))
     for name, param in model.named_parameters():
         if 'lora_B' in name:
             nn.init.normal_(param, std=0.1)  # LoRA's output is not zero
