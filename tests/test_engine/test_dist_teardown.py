@@ -44,7 +44,7 @@ def test_waits_while_a_named_thread_works_and_returns_once_it_waits(works_by):
     start = time.monotonic()
     assert wait_for_idle_threads(['test_busy_wrk'], timeout=5.0)
     assert time.monotonic() >= busy_until, 'returned while the thread was still working'
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 3.0
     done.set()
 
 
@@ -58,7 +58,7 @@ def test_gives_up_after_the_timeout_on_a_thread_that_never_sleeps():
     _named_thread('test_spin_wrk', spin)
     start = time.monotonic()
     assert not wait_for_idle_threads(['test_spin_wrk'], timeout=0.3)
-    assert 0.3 <= time.monotonic() - start < 1.5
+    assert 0.3 <= time.monotonic() - start < 3.0
     stop.set()
 
 
