@@ -66,7 +66,8 @@ def check_fsdp_dtypes(model: nn.Module) -> None:
         if param.dtype != first[1]:
             raise ValueError(
                 f'FSDP flattens the parameters of a unit into one tensor of one dtype, but {name} is {param.dtype} '
-                f'and {first[0]} is {first[1]}. Leave lora.base_dtype unset under FSDP (or use DDP).')
+                f'and {first[0]} is {first[1]}. Store every parameter in one dtype (leave lora.base_dtype unset under '
+                'FSDP) or train with DDP.')
 
 
 @STRATEGIES.register_module()
