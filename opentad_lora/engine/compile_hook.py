@@ -142,18 +142,6 @@ class LossForward:
         return function(*args, mode=mode, **kwargs)
 
 
-def _warn_if_checkpointed(model: nn.Module) -> None:
-    """Warn that whole compilation may keep what activation checkpointing (``with_cp``) would recompute."""
-    checkpointed = [name or type(model).__name__ for name, module in model.named_modules()
-                    if getattr(module, 'with_cp', False) is True]
-    if checkpointed:
-        print_log(f'CompileHook: the whole loss forward is compiled and {", ".join(checkpointed)} checkpoints its '
-                  "blocks (with_cp=True): on an H200 inductor kept every block's activations instead of recomputing "
-                  'them (AdaTAD QLoRA: 11.6 GB peak against 3.5 GB eager, 0.173 s steps against 0.284 s). Where '
-                  "memory matters compile regionally (compile.regional=['backbone.blocks.*'], 3.8 GB, 0.256 s), "
-                  'which keeps the checkpointing eager (docs/engine.md).', logger='current', level=logging.WARNING)
-
-
 @HOOKS.register_module()
 class CompileHook(Hook):
     """Compile the model's loss forward for training; restore the eager ``forward`` after it.
@@ -208,7 +196,6 @@ class CompileHook(Hook):
             _set_dynamo_lru(False)
         else:
             model.forward = LossForward(eager, torch.compile(eager, **self.compile_kwargs))
-            _warn_if_checkpointed(model)
         self._model = model
         self._graphs_before = counters['stats']['unique_graphs']
         what = 'its repeated blocks' if self.regional else 'forward(mode="loss")'

@@ -6,10 +6,10 @@ Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with ide
 * ``FusedLoRALinear``: one ``autograd.Function`` per layer. Backward computes ``g = dy @ B`` once and reuses it for
   both ``dx`` and ``dA``; it saves only ``x`` (shared by the layers that read the same tensor) and the rank-``r``
   ``dropout(x) @ A.T``. With dropout it keeps the generator state, not the mask nor the dropped-out copy, and draws
-  the mask again in backward: LoRA dropout costs no memory in eager steps (compiled ones keep a bool mask,
-  :mod:`.lora_dropout`). The frozen base weight gets no gradient, so no activation is kept for it; a float base's
-  compute-dtype copy is kept as autocast would, a quantized base is dequantized again in backward as bitsandbytes
-  does.
+  the mask again in backward: LoRA dropout costs no memory (:mod:`.lora_dropout`). The frozen base weight gets no
+  gradient, so no activation is kept for it; a float base's compute-dtype copy is kept as autocast would, a
+  quantized base is dequantized again in backward as bitsandbytes does. Eager only: inside ``torch.compile`` the
+  layers take plain autograd ops, which inductor fuses itself (:func:`use_plain_path`).
 
 The low-rank product is added inside the base GEMM by concatenating along the reduction dimension:
 ``x @ W.T + (x A.T) @ (s B).T == [x | x A.T] @ [W | s B].T`` and ``dy @ W + g @ A == [dy | g] @ [W ; A]``. One
@@ -87,16 +87,7 @@ def _scaled(tensor: Tensor, scaling: float, dtype: torch.dtype, out: Optional[Te
         return tensor * scaling
     if out is None:
         out = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
-    return mul_into(tensor, scaling, out)
-
-
-def mul_into(tensor: Tensor, factor, out: Optional[Tensor]) -> Tensor:
-    """``torch.mul(tensor, factor, out=out)``; under ``torch.compile`` a product copied into ``out`` instead: dynamo
-    breaks the graph at an ``out=`` that is a strided view (a column block of ``[W | sB]``), and inductor fuses the
-    copy anyway."""
-    if out is not None and torch.compiler.is_compiling():
-        return out.copy_(tensor * factor)
-    return torch.mul(tensor, factor, out=out)
+    return torch.mul(tensor, scaling, out=out)
 
 
 def _as(tensor: Tensor, dtype: torch.dtype) -> Tensor:
@@ -184,9 +175,9 @@ class FusedLoRALinear(torch.autograd.Function):
 
     Saved for backward: the compute-dtype input (the caller's own tensor when no cast is needed, one shared cast copy
     otherwise), the rank-``r`` ``dropout(x) @ A.T``, and with dropout a seed or generator state instead of the mask
-    and the dropped-out copy (:mod:`.lora_dropout`): dropout costs no activation memory (eager; compiled steps keep a
-    bool mask). With ``input_fn`` (see :func:`.input_fn.is_recomputable`) the layer computes on ``input_fn(x)`` but
-    saves ``x``.
+    and the dropped-out copy (:mod:`.lora_dropout`): dropout costs no activation memory. With ``input_fn`` (see
+    :func:`.input_fn.is_recomputable`) the layer computes on ``input_fn(x)`` but saves ``x``. Eager only
+    (:func:`use_plain_path`).
     """
 
     @staticmethod
@@ -316,22 +307,34 @@ PLAIN_MAX_ROWS = 8192
 
 
 def use_plain_path(x: Tensor, dropout_p: float, training: bool) -> bool:
-    """Whether :func:`lora_linear_plain` serves this call: few rows and no dropout (whose mask it would keep)."""
+    """Whether :func:`lora_linear_plain` serves this call: always inside ``torch.compile``, else few rows and no
+    dropout (whose mask it would keep).
+
+    Compiled, plain autograd ops are what inductor can fuse and recompute. Through the fused autograd function it
+    kept the function's saved tensors inside activation-checkpointed blocks instead of recomputing them: on an H200
+    a whole-compiled checkpointed ViT-S kept 1629 MB for backward against 240 MB with plain ops, which also stepped
+    in 25 ms instead of 34 ms (benchmarks/RESULTS.md, session 11). The CPU does not show it, so tests check that no
+    autograd function is left in the compiled graph."""
+    if torch.compiler.is_compiling():
+        return True
     return x.numel() < PLAIN_MAX_ROWS * x.shape[-1] and not (dropout_p > 0.0 and training)
 
 
 def lora_linear_plain(x: Tensor, base_forward: Callable[[Tensor], Tensor], lora_a: Tensor, lora_b: Tensor,
-                      scaling: float) -> Tensor:
-    """``base_forward(x) + x @ A.T @ B.T * scaling`` in the compute dtype with plain autograd ops (no dropout).
+                      scaling: float, dropout_p: float = 0.0, training: bool = False) -> Tensor:
+    """``base_forward(x) + dropout(x) @ A.T @ B.T * scaling`` in the compute dtype with plain autograd ops.
 
     ``base_forward`` gets ``x`` already in the compute dtype (the same copy the LoRA branch reads), so the base
-    product is computed as in the fused function. Autograd saves that copy (shared by layers reading the same
-    tensor) and the rank-``r`` ``x @ A.T``, as the fused function does.
+    product is computed as in the fused function. Without dropout autograd saves that copy (shared by layers reading
+    the same tensor) and the rank-``r`` ``x @ A.T``, as the fused function does; with it (compiled steps only, see
+    :func:`use_plain_path`) what inductor chooses.
     """
     dtype = _compute_dtype(x)
     source = _cast_once(x, dtype)[0]
     base_out = base_forward(source)
     x2d = source.reshape(-1, x.shape[-1])
+    if dropout_p > 0.0 and training:  # torch's mask of the fused path's: drawn on the same tensor, in x's layout
+        x2d = F.dropout(source, dropout_p, training=True).reshape(x2d.shape)
     xa = x2d @ lora_a.to(dtype).t()
     out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]).to(dtype), xa, lora_b.to(dtype).t(), alpha=scaling)
     return out.reshape(*base_out.shape[:-1], out.shape[-1])

@@ -209,10 +209,10 @@ class LoRALinear(LoRALayer):
         lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
         scaling, dropout_p = self.scaling[name], self.dropout_p[name]
         if self.fused and LF.use_plain_path(x, dropout_p, self.training):
-            x = x if input_fn is None else input_fn(x)  # few rows: memory is not what matters there
+            x = x if input_fn is None else input_fn(x)  # few rows, or compiled: inductor recomputes it
             quantized = is_quantized(self.base_layer)
             base_forward = partial(dequantizing_linear, self.base_layer) if quantized else self._base_forward
-            return LF.lora_linear_plain(x, base_forward, lora_a, lora_b, scaling)
+            return LF.lora_linear_plain(x, base_forward, lora_a, lora_b, scaling, dropout_p, self.training)
         if is_quantized(self.base_layer):
             return LF.qlora_linear(x, self._dequantize, self.base_layer.bias, lora_a, lora_b, scaling, dropout_p,
                                    self.training, fused=self.fused, keep_dequantized=self.keep_dequantized,

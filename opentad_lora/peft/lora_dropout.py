@@ -9,15 +9,11 @@ Three ways, chosen per call by :func:`dropout_forward` (the first that applies):
   before Triton is imported).
 * ``'redraw'`` (CPU, CUDA, eager): torch's ``native_dropout`` (the reference's and PEFT's mask); the generator state is
   kept and backward draws the same mask again.
-* ``'keep'`` (other devices, whose generator state cannot be restored, and every device inside ``torch.compile``):
-  ``native_dropout``'s bool mask is kept for backward.
+* ``'keep'`` (other devices, whose generator state cannot be restored): ``native_dropout``'s bool mask is kept for
+  backward.
 
-Compiled steps always keep the mask: dynamo cannot trace reading or setting a generator's state (on CPU and CUDA it
-is a graph break, which inside a loop over blocks sends the whole frame back to eager), and Triton kernels are not
-called from compiled code. AOTAutograd then traces ``native_dropout`` like any op, inductor generates and fuses the
-random draw itself (its own random stream, not eager's mask), and the mask is saved for backward: 1 byte per input
-element per LoRA layer with dropout, held from forward to backward (half as much again as a bf16 input that is saved
-anyway). Without dropout, or in eval mode, nothing changes.
+Compiled steps do not come here: inside ``torch.compile`` LoRA layers take plain autograd ops
+(:func:`.functional.use_plain_path`), whose ``F.dropout`` inductor generates and fuses itself (its own random stream).
 """
 import os
 from typing import Optional, Tuple
@@ -41,22 +37,19 @@ def kernels():
 def kernel_applies(x: Tensor, rank: int) -> bool:
     """Whether the Triton kernels serve this input (any shape): a CUDA tensor (or a CPU one with ``=interpret``),
     Triton installed, an ``(N, K + rank)`` operand of fewer than 2**31 elements (the kernels' offsets are int32),
-    rank <= 128, not inside ``torch.compile``."""
+    rank <= 128."""
     choice = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL', 'auto')
     if choice not in _CHOICES:
         raise ValueError(f'OPENTAD_LORA_DROPOUT_KERNEL={choice!r}: use one of {_CHOICES} (or leave it unset).')
     width = max(x.shape[-1], 1)
     if choice == 'torch' or x.numel() // width * (width + rank) > _KERNEL_MAX_ELEMENTS or rank > 128:
         return False
-    if torch.compiler.is_compiling():  # compiled steps: inductor fuses torch's dropout itself
-        return False
     on_device = x.device.type == 'cuda' or (x.device.type == 'cpu' and choice == 'interpret')
     return on_device and kernels() is not None
 
 
 def _rng_state(device: torch.device) -> Optional[Tensor]:
-    """The state dropout draws from on ``device``; None where it cannot be restored (then the mask is kept).
-    Never called while compiling: dynamo cannot trace reading or setting a generator's state (a graph break)."""
+    """The state dropout draws from on ``device``; None where it cannot be restored (then the mask is kept)."""
     if device.type == 'cuda':
         return torch.cuda.get_rng_state(device)
     if device.type == 'cpu':
@@ -90,7 +83,7 @@ def dropout_forward(source: Tensor, lora_a: Tensor, dropout_p: float) -> Tuple[T
     if kernel_applies(x2d, lora_a.shape[0]):
         seed = kernels().new_seed(source.device)  # rows may be strided (a wide layer's operand)
         return kernels().dropout_xa(kernels().rows(x2d), lora_a, seed, dropout_p), 'kernel', seed
-    state = None if torch.compiler.is_compiling() else _rng_state(source.device)
+    state = _rng_state(source.device)
     dropped, mask = torch.ops.aten.native_dropout(source, dropout_p, True)
     xa = dropped.reshape(x2d.shape) @ lora_a.t()
     return (xa, 'redraw', state) if state is not None else (xa, 'keep', mask)

@@ -283,23 +283,3 @@ def test_regional_block_called_from_another_thread_reuses_the_main_threads_graph
         torch.set_num_threads(threads)
     torch.testing.assert_close(outputs[0], expected, rtol=0, atol=0)
     assert counters['stats']['unique_graphs'] == (1 if wrapped else 2)
-
-
-def test_whole_compilation_of_a_checkpointed_model_warns_about_its_memory(monkeypatch):
-    """Compiling the whole loss forward of a model whose blocks are checkpointed (``with_cp=True``) warns that
-    inductor kept every block's activations on the GPU, naming the module and the regional alternative; regional
-    compilation and an unchecked model do not warn."""
-    from opentad_lora.engine import compile_hook
-    logs = []
-    monkeypatch.setattr(compile_hook, 'print_log', lambda msg, **kw: logs.append((msg, kw.get('level'))))
-    for with_cp, regional, warns in ((True, False, True), (False, False, False), (True, True, False)):
-        logs.clear()
-        model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(*[nn.Sequential(nn.Linear(2, 2)) for _ in range(2)]))
-        model[1].with_cp = with_cp
-        hook = CompileHook(regional=regional, backend='eager')
-        hook.before_train(SimpleNamespace(model=model))
-        hook.after_train(None)
-        warnings = [msg for msg, level in logs if level is not None and level >= 30]
-        assert bool(warnings) == warns, (with_cp, regional, logs)
-        if warns:
-            assert 'and 1 checkpoints its blocks' in warnings[0] and "compile.regional=['backbone" in warnings[0]

@@ -24,6 +24,17 @@ def saved_bytes() -> Callable[[Callable[[], object]], int]:
     return _saved_bytes
 
 
+def _autograd_functions_in(graph_module: torch.fx.GraphModule) -> list:
+    """The autograd-function calls in a dynamo graph and its subgraphs (a checkpointed block is one)."""
+    return [node for module in graph_module.modules() if isinstance(module, torch.fx.GraphModule)
+            for node in module.graph.nodes if 'autograd_function_apply' in str(node.target)]
+
+
+@pytest.fixture
+def autograd_functions_in() -> Callable[[torch.fx.GraphModule], list]:
+    return _autograd_functions_in
+
+
 class _OpLog(TorchDispatchMode):
     """Records every op dispatched under it (those issued by the code run in it, not those inside a kernel):
     ``ops`` their names, ``made`` ``(name, shape)`` of each tensor they return."""

@@ -102,13 +102,6 @@ def test_torch_dropout_is_kept_on_request(kernels, monkeypatch):
     assert not lora_dropout.kernel_applies(x.reshape(-1, 32), 4)
 
 
-def test_compiled_steps_leave_dropout_to_inductor(kernels, monkeypatch):
-    x2d = torch.randn(64, 32)
-    assert lora_dropout.kernel_applies(x2d, 4)
-    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-    assert not lora_dropout.kernel_applies(x2d, 4)
-
-
 def test_a_misspelt_kernel_choice_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv('OPENTAD_LORA_DROPOUT_KERNEL', 'tourch')
     with pytest.raises(ValueError, match="OPENTAD_LORA_DROPOUT_KERNEL='tourch'"):

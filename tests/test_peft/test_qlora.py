@@ -180,8 +180,9 @@ def test_float_quant_storage_holds_the_same_4bit_weights():
 
 @pytest.mark.parametrize('bits', [4, 8])
 def test_compiled_wide_qlora_layer_is_one_graph_with_eager_numbers(bits, monkeypatch):
-    """A QLoRA layer whose GEMM takes ``[W | sB]`` (out >= 2 in) traces without a graph break (``fullgraph``): the
-    dequantized weight and ``s B`` are written into that buffer without ``out=`` views, which dynamo does not trace."""
+    """A wide QLoRA layer (out >= 2 in, whose eager fused GEMM takes ``[W | sB]``) traces as one graph
+    (``fullgraph``) of plain ops and gives the eager fused function's numbers: the same products summed in another
+    order, equal to float32 rounding."""
     from opentad_lora.peft import functional as LF
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', 0)  # the fused function, whatever the size
     torch._dynamo.reset()
@@ -194,6 +195,6 @@ def test_compiled_wide_qlora_layer_is_one_graph_with_eager_numbers(bits, monkeyp
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
     outs = [run(x) for run in (model, compiled)]
     grads = [torch.autograd.grad(out.square().sum(), [x, model[0].lora_A['default'].weight]) for out in outs]
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=0)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
