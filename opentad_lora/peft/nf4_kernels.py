@@ -16,7 +16,7 @@ element ``i`` of the flattened weight is in byte ``i // 2``, its high nibble whe
 blocksize``. Tests run it on CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 import math
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import torch
 import triton
@@ -25,6 +25,7 @@ from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
 from .dropout_kernels import _to_element  # float32 to a 16-bit dtype, round to nearest even (also interpreted)
+from .quant import code_table
 
 # Triton chooses between compiling and interpreting when a kernel is decorated, i.e. when this module is first
 # imported: :mod:`.quant` imports it only where it applies.
@@ -34,7 +35,6 @@ CHUNK = 64  # even row length: elements per chunk (32 packed bytes), whose absma
 CHUNKS_PER_PROGRAM = 64  # even row length: 2048 packed bytes (16 per thread) and 4096 values per program
 # no FMA contraction of the nested absmax's product and offset (Triton's default may contract them)
 LAUNCH_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
-_CODES: Dict[Tuple[str, torch.device], Tensor] = {}  # bitsandbytes' float32 4-bit code tables, per device
 
 
 @triton.jit
@@ -102,21 +102,6 @@ def _dequantize_4bit_bytes_kernel(packed_ptr, absmax_ptr, code_ptr, absmax2_ptr,
 # whether these kernels run in Triton's interpreter (decided when they were decorated, at import)
 INTERPRETED = isinstance(_dequantize_4bit_kernel, InterpretedFunction)
 
-def _code(quant_type: str, device: torch.device) -> Tensor:
-    """bitsandbytes' 16-entry float32 table of ``quant_type`` on ``device`` (made once per device).
-
-    FP4's code 8 (sign bit alone) is -0.0, as bitsandbytes' CUDA and CPU kernels compute it (``0 * -1``); its table
-    (``get_4bit_type``), which only its generic torch fallback reads, lists +0.0."""
-    code = _CODES.get((quant_type, device))
-    if code is None:
-        from bitsandbytes.functional import get_4bit_type
-        code = get_4bit_type(quant_type, device=device).float()
-        if quant_type == 'fp4':
-            code[8] = -0.0
-        _CODES[(quant_type, device)] = code
-    return code
-
-
 def dequantize_4bit_into(weight_data: Tensor, quant_state, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
     """``bitsandbytes.functional.dequantize_4bit(weight_data, quant_state)`` in ``dtype``, in one launch.
 
@@ -134,7 +119,7 @@ def dequantize_4bit_into(weight_data: Tensor, quant_state, dtype: torch.dtype, o
     elif out.shape != quant_state.shape or out.dtype != dtype or out.stride(1) != 1:
         raise ValueError(f'out must be {tuple(quant_state.shape)} {dtype} with unit column stride, got '
                          f'{tuple(out.shape)} {out.dtype} with strides {out.stride()}.')
-    code = _code(quant_state.quant_type, weight_data.device)
+    code = code_table(quant_state.quant_type, weight_data.device)
     nested = quant_state.nested
     absmax2, code2, offset = ((quant_state.state2.absmax, quant_state.state2.code, quant_state.offset) if nested
                               else (code, code, code))  # pointers the kernel does not read without nesting

@@ -13,7 +13,7 @@ On an H200 the kernel took no more GPU time than bitsandbytes' three launches in
 """
 import functools
 import os
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -135,9 +135,43 @@ def _dequant_kernel_applies(weight: Tensor, state, dtype: torch.dtype, out: Opti
     return kernels is not None
 
 
+_CODES: Dict[Tuple[str, torch.device], Tensor] = {}  # bitsandbytes' float32 4-bit code tables, per device
+
+
+def code_table(quant_type: str, device: torch.device) -> Tensor:
+    """bitsandbytes' 16-entry float32 table of ``quant_type`` on ``device`` (made once per device).
+
+    FP4's code 8 (sign bit alone) is -0.0, as bitsandbytes' CUDA and CPU kernels compute it (``0 * -1``); its table
+    (``get_4bit_type``), which only its generic torch fallback reads, lists +0.0."""
+    code = _CODES.get((quant_type, device))
+    if code is None:
+        from bitsandbytes.functional import get_4bit_type
+        code = get_4bit_type(quant_type, device=device).float()
+        if quant_type == 'fp4':
+            code[8] = -0.0
+        _CODES[(quant_type, device)] = code
+    return code
+
+
+def _dequantize_4bit_flat(packed: Tensor, absmax: Tensor, state, dtype: torch.dtype) -> Tensor:
+    """bitsandbytes' 4-bit dequantization in torch ops, with blocks over the flattened weight as its CUDA and scalar
+    CPU kernels take them: ``code[nibble] * absmax[block]`` in float32, rounded once to ``dtype``.
+
+    Used on CPU where a row is not whole blocks: there bitsandbytes 0.50's AVX-512 op, which takes blocks row by row,
+    returns wrong values (a relative error of ~1; tests/test_peft/test_quant_dequantize.py)."""
+    count, blocksize = state.shape.numel(), state.blocksize
+    data = packed.reshape(-1).view(torch.uint8)
+    nibbles = torch.stack((data >> 4, data & 15), dim=1).reshape(-1)[:count]
+    values = code_table(state.quant_type, packed.device)[nibbles.long()]
+    blocks = -(-count // blocksize)
+    values = torch.nn.functional.pad(values, (0, blocks * blocksize - count)).view(blocks, blocksize)
+    return (values * absmax[:blocks, None]).reshape(-1)[:count].view(state.shape).to(dtype)
+
+
 def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
     """``bnb.functional.dequantize_4bit(weight, quant_state).to(dtype)``: one Triton launch where
-    :func:`_dequant_kernel_applies`, else one 4-bit bitsandbytes op producing ``dtype`` (copied into ``out``).
+    :func:`_dequant_kernel_applies`, else one 4-bit bitsandbytes op producing ``dtype`` (copied into ``out``; on CPU
+    where a row is not whole blocks, :func:`_dequantize_4bit_flat`).
 
     bitsandbytes' CPU and CUDA kernels compute each value as a float32 product and round it once to the output
     dtype, so asking them for ``dtype`` equals the float32 result cast. A state of another dtype (a layer quantized
@@ -157,8 +191,11 @@ def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor]
         absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax, nested.absmax, nested.code,
                                                                      nested.blocksize, torch.float32)
         absmax += state.offset
-    result = torch.ops.bitsandbytes.dequantize_4bit.default(weight.data, absmax, state.blocksize, state.quant_type,
-                                                            state.shape, out_dtype)
+    if weight.device.type == 'cpu' and state.shape[-1] % state.blocksize:
+        result = _dequantize_4bit_flat(weight.data, absmax, state, out_dtype)
+    else:
+        result = torch.ops.bitsandbytes.dequantize_4bit.default(weight.data, absmax, state.blocksize,
+                                                                state.quant_type, state.shape, out_dtype)
     if out is not None:
         return out.copy_(result)
     return result if out_dtype == dtype else result.to(dtype)

@@ -55,3 +55,27 @@ class _OpLog(TorchDispatchMode):
 def op_log() -> _OpLog:
     """A fresh op recorder: ``with op_log as log: ...``."""
     return _OpLog()
+
+
+def _bnb_dequantize_4bit(data: torch.Tensor, state, dtype: torch.dtype) -> torch.Tensor:
+    """bitsandbytes' 4-bit dequantization asked for ``dtype`` (a float32 product rounded once), by its
+    device-independent torch code, uncompiled.
+
+    Not its CPU op: in bitsandbytes 0.50 that op's AVX-512 code takes blocks row by row and gives wrong values where
+    a row is not whole blocks (a relative error of ~1 against the float weight). The torch code's FP4 table has +0.0
+    for code 8 where bitsandbytes' CUDA and other CPU kernels give -0.0, as ours do: compare the sign of zero apart
+    (``t + 0.0`` turns -0.0 into +0.0 and changes nothing else)."""
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+    from bitsandbytes.functional import dequantize_blockwise
+    absmax = state.absmax
+    if state.nested:
+        absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset
+    code = _get_4bit_code(state.quant_type, data.device)
+    return _dequantize_4bit_compute.__wrapped__(data.view(torch.uint8).reshape(-1), absmax.float(), code,
+                                                state.blocksize, state.shape, dtype)
+
+
+@pytest.fixture
+def bnb_dequantize_4bit() -> Callable[..., torch.Tensor]:
+    return _bnb_dequantize_4bit

@@ -1,7 +1,7 @@
 """The one-launch 4-bit dequantization kernels, per byte and per element (run here by Triton's CPU interpreter): bit
-for bit bitsandbytes' ``dequantize_4bit`` at any blocksize, written into a strided view without touching its
-neighbours, and behind ``dequantize_weight``; compiled for sm_90 without FMA contraction, with 16-byte stores."""
-import copy
+for bit bitsandbytes' dequantization at any blocksize (its torch code, see ``conftest._bnb_dequantize_4bit``),
+written into a strided view without touching its neighbours, and behind ``dequantize_weight``; compiled for sm_90
+without FMA contraction, with 16-byte stores."""
 import itertools
 import os
 import subprocess
@@ -59,6 +59,11 @@ def _bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view(torch.int32 if tensor.dtype == torch.float32 else torch.int16)
 
 
+def _same_bits(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Bit for bit equal, but for the sign of zero (see ``conftest._bnb_dequantize_4bit``)."""
+    return torch.equal(_bits(got + 0.0), _bits(want + 0.0))  # -0.0 + 0.0 is +0.0; nothing else changes
+
+
 def _layer(shape, quant_type: str, double_quant: bool, **kwargs) -> nn.Module:
     """A 4-bit layer of a seeded float weight whose rows span six decades (blocks differ widely in absmax)."""
     torch.manual_seed(shape[0] * 1000 + shape[1])
@@ -67,28 +72,8 @@ def _layer(shape, quant_type: str, double_quant: bool, **kwargs) -> nn.Module:
     return quantize_linear(linear, 4, quant_type, double_quant, **kwargs)
 
 
-def _bnb(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """bitsandbytes' ``dequantize_4bit`` of ``layer``'s weight asked for ``dtype``."""
-    return _bnb_4bit(layer.weight.data, layer.weight.quant_state, dtype)
-
-
-def _bnb_4bit(data: torch.Tensor, state, dtype: torch.dtype) -> torch.Tensor:
-    """bitsandbytes' ``dequantize_4bit`` asked for ``dtype`` (a float32 product rounded once, as the kernel's).
-
-    An odd row length is asked for as one even row over the same bytes (blocks and nibbles follow the flat index),
-    since there bitsandbytes' CPU op leaves its kernel for torch code (torch.compile'd per shape and dtype: slow),
-    whose FP4 table has +0.0 for code 8 where its CPU and CUDA kernels (and ours) give -0.0."""
-    state = copy.copy(state)
-    state.dtype = dtype
-    rows, cols = state.shape
-    if cols % 2 == 0:
-        return bnb.functional.dequantize_4bit(data, state)
-    state.shape = torch.Size((1, rows * cols + rows % 2))
-    return bnb.functional.dequantize_4bit(data, state)[0, :rows * cols].view(rows, cols)
-
-
 @pytest.mark.parametrize('quant_type, double_quant', itertools.product(('nf4', 'fp4'), (True, False)))
-def test_kernel_is_bit_identical_to_bnb_into_a_strided_view(kernels, quant_type, double_quant):
+def test_kernel_is_bit_identical_to_bnb_into_a_strided_view(kernels, bnb_dequantize_4bit, quant_type, double_quant):
     for rows, cols, pad in SHAPES:
         layer = _layer((rows, cols), quant_type, double_quant)
         state = layer.weight.quant_state
@@ -99,13 +84,13 @@ def test_kernel_is_bit_identical_to_bnb_into_a_strided_view(kernels, quant_type,
             assert kernels.launched[-1] == ('_dequantize_4bit_bytes_kernel' if cols % 2 == 0 else
                                             '_dequantize_4bit_kernel')
             assert got.data_ptr() == buffer.data_ptr() and got.dtype == dtype and got.shape == (rows, cols)
-            assert torch.equal(_bits(got), _bits(_bnb(layer, dtype))), (rows, cols, dtype)
+            assert _same_bits(got, bnb_dequantize_4bit(layer.weight.data, state, dtype)), (rows, cols, dtype)
             assert torch.equal(buffer[:, cols:], torch.full((rows, pad), SENTINEL, dtype=dtype))
     assert quant_type == 'nf4' or (_bits(got) == _bits(torch.tensor(-0.0, dtype=dtype))).any()  # FP4's -0.0 seen
 
 
 @pytest.mark.parametrize('blocksize', (32, 128, 256))
-def test_kernel_is_bit_identical_to_bnb_for_other_blocksizes(kernels, blocksize):
+def test_kernel_is_bit_identical_to_bnb_for_other_blocksizes(kernels, bnb_dequantize_4bit, blocksize):
     """Blocks of 128 or 256 values end inside a chunk of a row of 200 (per-byte kernel, which reads two absmax
     there), on chunk ends in a row of 192; blocks of 32 values take the per-element kernel."""
     for cols, (quant_type, nested) in itertools.product((192, 200), (('nf4', True), ('fp4', False))):
@@ -114,7 +99,7 @@ def test_kernel_is_bit_identical_to_bnb_for_other_blocksizes(kernels, blocksize)
                                                    quant_type=quant_type)
         for dtype in (torch.float32, torch.bfloat16):
             got = kernels.dequantize_4bit_into(data, state, dtype)
-            assert torch.equal(_bits(got), _bits(_bnb_4bit(data, state, dtype))), (cols, quant_type, dtype)
+            assert _same_bits(got, bnb_dequantize_4bit(data, state, dtype)), (cols, quant_type, dtype)
     assert set(kernels.launched) == {'_dequantize_4bit_kernel' if blocksize == 32 else '_dequantize_4bit_bytes_kernel'}
 
 
@@ -144,15 +129,16 @@ def test_dequantize_weight_uses_the_kernel_and_writes_into_out(kernels, monkeypa
         assert torch.equal(buffer, bnb_into)  # the other columns untouched by either path
 
 
-def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels):
+def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels, bnb_dequantize_4bit):
     """A bfloat16 state read in float32 is rounded to bfloat16 first (bitsandbytes' op); a float storage (FSDP) is
     bitsandbytes' too; an 8-bit weight is written into ``out`` by its one multiply."""
     layer = _layer((20, 30), 'nf4', True, compute_dtype=torch.bfloat16)
     buffer = torch.zeros(20, 31)
-    expected = _bnb(layer, torch.bfloat16).float()
+    expected = bnb_dequantize_4bit(layer.weight.data, layer.weight.quant_state, torch.bfloat16).float()
     assert torch.equal(dequantize_weight(layer, torch.float32, buffer[:, :30]), expected)
     floats = _layer((20, 30), 'nf4', False, quant_storage=torch.float32)
-    assert torch.equal(dequantize_weight(floats, torch.bfloat16), _bnb(floats, torch.bfloat16))
+    assert torch.equal(dequantize_weight(floats, torch.bfloat16),
+                       bnb_dequantize_4bit(floats.weight.data, floats.weight.quant_state, torch.bfloat16))
     assert not kernels.calls
     int8 = quantize_linear(nn.Linear(30, 20), 8)
     buffer = torch.zeros(20, 33, dtype=torch.bfloat16)
@@ -160,7 +146,7 @@ def test_dequantize_weight_falls_back_where_the_kernel_does_not_apply(kernels):
     assert torch.equal(buffer[:, :30], dequantize_weight(int8, torch.bfloat16)) and not buffer[:, 30:].any()
 
 
-def test_kernel_is_the_default_on_cuda_and_the_switch_is_checked(kernels, monkeypatch):
+def test_kernel_is_the_default_on_cuda_and_the_switch_is_checked(kernels, monkeypatch, bnb_dequantize_4bit):
     """Unset, the kernel serves CUDA weights (timed faster on a whole H200 step) and CPU ones stay bitsandbytes';
     ``=bnb`` turns it off everywhere; a wrong value stops with the choices named."""
     from opentad_lora.peft import quant
@@ -171,7 +157,8 @@ def test_kernel_is_the_default_on_cuda_and_the_switch_is_checked(kernels, monkey
     monkeypatch.delenv('OPENTAD_LORA_DEQUANT_KERNEL')
     assert quant._dequant_kernel_applies(on_cuda, state, torch.bfloat16, None)
     assert not quant._dequant_kernel_applies(layer.weight, state, torch.bfloat16, None)
-    assert torch.equal(dequantize_weight(layer, torch.bfloat16), _bnb(layer, torch.bfloat16))
+    assert torch.equal(dequantize_weight(layer, torch.bfloat16), bnb_dequantize_4bit(layer.weight.data, state,
+                                                                                    torch.bfloat16))
     assert not kernels.calls
     monkeypatch.setenv('OPENTAD_LORA_DEQUANT_KERNEL', 'bnb')
     assert not quant._dequant_kernel_applies(on_cuda, state, torch.bfloat16, None)
