@@ -13,6 +13,7 @@ timm's ``VisionTransformer`` (as in shared/bench/anchor_lora_step.py) so PEFT an
 compare them with each other: the float32 floor pays a cast of every weight per step that they do not.
 A mode name ending in ``_compile`` is that mode under ``torch.compile``; ``_compile_cudagraphs`` adds
 ``mode='reduce-overhead'`` (the step's kernels replayed as CUDA graphs, which removes the host's per-kernel cost).
+``_notriton``/``_plain``/``_fusedcompiled`` after a mode route its LoRA layers another way (``routing.py``).
 Prints one JSON line per mode as it finishes (ratios need ``floor``/``floor_bf16base``/``infer_base`` listed
 first); ``--cpu-smoke`` runs two tiny steps of every mode on CPU to check the script.
 """
@@ -27,7 +28,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from opentad_lora.peft import apply_lora, merge_and_unload  # noqa: E402
-from step_timer import time_steps  # noqa: E402  (this folder, on sys.path when run as a script)
+from routing import routed  # noqa: E402  (this folder, on sys.path when run as a script)
+from step_timer import time_steps  # noqa: E402
 
 ARCHS = {
     'vit_h': dict(img_size=(256, 192), patch_size=16, embed_dim=1280, depth=32, num_heads=16),
@@ -144,14 +146,15 @@ def main() -> None:
             torch.cuda.empty_cache()
         x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode.startswith('floor'))
         try:
-            model = prepare(mode, copy.deepcopy(reference), args.rank, device)
-            seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not mode.startswith('infer'))
+            with routed(mode) as built:
+                model = prepare(built, copy.deepcopy(reference), args.rank, device)
+                seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not built.startswith('infer'))
             row = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2) if peak is not None else None,
                        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
             if mode in ('floor', 'floor_bf16base', 'infer_base'):
                 baselines[mode] = row['ms']
-            base = baselines.get('infer_base' if mode.startswith('infer') else
-                                 'floor_bf16base' if mode.endswith('bf16base') else 'floor')
+            base = baselines.get('infer_base' if built.startswith('infer') else
+                                 'floor_bf16base' if built.endswith('bf16base') else 'floor')
             if base:
                 row['ratio'] = round(row['ms'] / base, 3)
         except Exception as err:  # one failing mode must not hide the others' numbers

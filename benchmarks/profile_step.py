@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lora_step import ARCHS, build, prepare  # noqa: E402
+from routing import routed  # noqa: E402
 from step_timer import make_step, time_steps  # noqa: E402
 
 # CUDA runtime/driver calls that launch one kernel each (cuBLAS, ATen, Triton)
@@ -88,11 +89,12 @@ def main() -> None:
     reference = build(args.arch, args.model)
     for mode in args.modes.split(','):
         torch.manual_seed(0)
-        model = prepare(mode, copy.deepcopy(reference), args.rank, device)
         x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode.startswith('floor'))
-        time_steps(model, x, 1, args.warmup)
-        print(json.dumps(dict(mode=mode, arch=args.arch, model=args.model, batch=args.batch, **issue_ms(model, x, 5),
-                              **kernel_table(model, x, args.iters, args.top))), flush=True)
+        with routed(mode) as built:
+            model = prepare(built, copy.deepcopy(reference), args.rank, device)
+            time_steps(model, x, 1, args.warmup)
+            row = dict(**issue_ms(model, x, 5), **kernel_table(model, x, args.iters, args.top))
+        print(json.dumps(dict(mode=mode, arch=args.arch, model=args.model, batch=args.batch, **row)), flush=True)
         del model
         if device == 'cuda':
             torch.cuda.empty_cache()

@@ -1,0 +1,52 @@
+"""Mode suffixes that route the LoRA layers another way, for A/B runs of ``lora_step.py``/``profile_step.py`` in ONE
+process (the host's speed moves by ±15 % between processes, more than some of the differences measured).
+
+* ``_notriton``: no Triton kernels (``OPENTAD_LORA_DROPOUT_KERNEL=torch``: the dropout and the norm/GELU operand
+  kernels off; the layers read that variable at each call).
+* ``_plain``: every eager layer on plain autograd ops (``PLAIN_MAX_ROWS`` raised), as small layers are.
+* ``_fusedcompiled``: the fused function kept inside ``torch.compile`` (the routing before session 11, which
+  ``functional.use_plain_path`` replaced); for a compiled mode, e.g. ``ours_lora_compile_fusedcompiled``.
+
+    python benchmarks/profile_step.py --model ours --modes floor,ours_lora,ours_lora_notriton,ours_lora_plain
+"""
+import contextlib
+import os
+from typing import Iterator, Tuple
+
+from opentad_lora.peft import functional as LF
+
+SUFFIXES = ('_notriton', '_plain', '_fusedcompiled')
+
+
+def _split(mode: str) -> Tuple[str, str]:
+    for suffix in SUFFIXES:
+        if mode.endswith(suffix):
+            return mode[:-len(suffix)], suffix
+    return mode, ''
+
+
+def _eager_rule(x, dropout_p: float, training: bool) -> bool:
+    """``use_plain_path`` without its compiled case: few rows and no dropout."""
+    return x.numel() < LF.PLAIN_MAX_ROWS * x.shape[-1] and not (dropout_p > 0.0 and training)
+
+
+@contextlib.contextmanager
+def routed(mode: str) -> Iterator[str]:
+    """Route the layers as ``mode``'s suffix says while the block runs (build and time the model inside it); yields
+    the mode without the suffix."""
+    base, suffix = _split(mode)
+    saved = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL'), LF.PLAIN_MAX_ROWS, LF.use_plain_path
+    try:
+        if suffix == '_notriton':
+            os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = 'torch'
+        elif suffix == '_plain':
+            LF.PLAIN_MAX_ROWS = 1 << 62
+        elif suffix == '_fusedcompiled':
+            LF.use_plain_path = _eager_rule
+        yield base
+    finally:
+        if saved[0] is None:
+            os.environ.pop('OPENTAD_LORA_DROPOUT_KERNEL', None)
+        else:
+            os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = saved[0]
+        LF.PLAIN_MAX_ROWS, LF.use_plain_path = saved[1], saved[2]
