@@ -333,8 +333,8 @@ def lora_linear_plain(x: Tensor, base_forward: Callable[[Tensor], Tensor], lora_
     source = _cast_once(x, dtype)[0]
     base_out = base_forward(source)
     x2d = source.reshape(-1, x.shape[-1])
-    if dropout_p > 0.0 and training:  # torch's mask of the fused path's: drawn on the same tensor, in x's layout
-        x2d = F.dropout(source, dropout_p, training=True).reshape(x2d.shape)
+    if dropout_p > 0.0 and training:  # the fused path's torch mask: the same op (F.dropout draws another way on
+        x2d = torch.ops.aten.native_dropout(source, dropout_p, True)[0].reshape(x2d.shape)  # CPU), the same tensor
     xa = x2d @ lora_a.to(dtype).t()
     out = torch.addmm(base_out.reshape(-1, base_out.shape[-1]).to(dtype), xa, lora_b.to(dtype).t(), alpha=scaling)
     return out.reshape(*base_out.shape[:-1], out.shape[-1])

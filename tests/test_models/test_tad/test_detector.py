@@ -129,13 +129,12 @@ def _seeded_qlora_detector() -> TADDetector:
 def test_compiled_loss_forward_compiles_once_whatever_the_number_of_actions_and_valid_lengths():
     """Compiled as CompileHook does: two graphs (before and after the eager target assignment), no recompile for
     new action counts (0, 1 and more per sample) or valid lengths, and eager's losses and gradients, for QLoRA-4
-    with LoRA dropout and checkpointed blocks as in the seed's AdaTAD config (the compiled dropout keeps its mask,
-    drawn from torch's generator as eager's is).
-    Recompiles are dynamo's decisions, so the ``eager`` backend (dynamo only: 6 s here, ``aot_eager`` 10 s) shows
-    them; AOTAutograd's trace of the dropout is tested in tests/test_peft/test_lora_dropout_compile.py."""
+    with LoRA dropout and checkpointed blocks as in the seed's AdaTAD config (the compiled dropout draws from torch's
+    generator as eager's does). Backend ``aot_eager``: with dynamo's ``eager`` backend the checkpointed blocks'
+    recomputation draws new dropout masks (AOTAutograd saves and restores the generator for it, as inductor does)."""
     eager, compiled = _seeded_qlora_detector(), _seeded_qlora_detector()
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend('eager')
+    counter = CompileCounterWithBackend('aot_eager')
     compiled.forward = LossForward(compiled.forward, torch.compile(compiled.forward, backend=counter))
     trained, graphs = [name for name, p in compiled.named_parameters() if p.requires_grad], []
     batches = [((1, 2), (32, 32)), ((2, 1), (20, 32)), ((0, 3), (32, 27)), ((4, 0), (27, 20)), ((1, 1), (32, 32))]
