@@ -13,12 +13,15 @@ timm's ``VisionTransformer`` (as in shared/bench/anchor_lora_step.py) so PEFT an
 compare them with each other: the float32 floor pays a cast of every weight per step that they do not.
 A mode name ending in ``_compile`` is that mode under ``torch.compile``; ``_compile_cudagraphs`` adds
 ``mode='reduce-overhead'`` (the step's kernels replayed as CUDA graphs, which removes the host's per-kernel cost).
+``_graphed`` after a mode replays the eager model's forward and backward as CUDA graphs (``GraphedForward``,
+what ``tools/train.py --cuda-graph`` does to the backbone; the AdamW step stays eager).
 ``_notriton``/``_plain``/``_fusedcompiled`` after a mode route its LoRA layers another way (``routing.py``).
 Prints one JSON line per mode as it finishes (ratios need ``floor``/``floor_bf16base``/``infer_base`` listed
 first); ``--cpu-smoke`` runs two tiny steps of every mode on CPU to check the script.
 """
 import argparse
 import copy
+import gc
 import json
 import sys
 from pathlib import Path
@@ -44,6 +47,7 @@ MODES = ('floor', 'full', 'peft_lora', 'peft_qlora4', 'ours_lora', 'ours_lora_un
 # A mode ending in one of these is the mode before it, torch.compile-d with these keyword arguments
 # ('reduce-overhead' replays the step's kernels as CUDA graphs: no host cost per kernel)
 COMPILE_SUFFIXES = {'_compile_cudagraphs': dict(mode='reduce-overhead'), '_compile': {}}
+GRAPHED_SUFFIX = '_graphed'  # the eager model captured and replayed by GraphedForward
 
 
 def build(arch: str, model: str = 'timm') -> nn.Module:
@@ -79,6 +83,11 @@ def _peft_qlora_swap(model: nn.Module) -> None:
 
 def prepare(mode: str, model: nn.Module, rank: int, device: str) -> nn.Module:
     """Turn a fresh float model into the model of ``mode`` on ``device``."""
+    if mode.endswith(GRAPHED_SUFFIX):
+        from opentad_lora.engine.cuda_graph_hook import GraphedForward  # imports MMEngine: only for these modes
+        model = prepare(mode[:-len(GRAPHED_SUFFIX)], model, rank, device)
+        GraphedForward(model, mode)
+        return model
     for suffix, compile_kwargs in COMPILE_SUFFIXES.items():
         if mode.endswith(suffix):
             return torch.compile(prepare(mode[:-len(suffix)], model, rank, device), **compile_kwargs)
@@ -143,13 +152,17 @@ def main() -> None:
     for mode in args.modes.split(','):
         torch.manual_seed(0)
         if device == 'cuda':
+            gc.collect()  # a graphed model is a reference cycle (module -> forward -> module): free its graphs now
             torch.cuda.empty_cache()
         x = torch.randn(args.batch, 3, height, width, device=device, requires_grad=mode.startswith('floor'))
         try:
             with routed(mode) as built:
                 model = prepare(built, copy.deepcopy(reference), args.rank, device)
                 seconds, peak = time_steps(model, x, args.iters, args.warmup, train=not built.startswith('infer'))
+            # a CUDA graph's pool is reserved, not allocated, between replays: its peak shows in the reserved one
+            reserved = torch.cuda.max_memory_reserved() / 2**30 if device == 'cuda' else None
             row = dict(ms=round(seconds * 1e3, 2), peak_gib=round(peak, 2) if peak is not None else None,
+                       reserved_gib=round(reserved, 2) if reserved is not None else None,
                        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
             if mode in ('floor', 'floor_bf16base', 'infer_base'):
                 baselines[mode] = row['ms']

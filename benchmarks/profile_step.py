@@ -10,6 +10,7 @@ the host, not the GPU, sets the pace).
 """
 import argparse
 import copy
+import gc
 import json
 import statistics
 import sys
@@ -97,6 +98,7 @@ def main() -> None:
         print(json.dumps(dict(mode=mode, arch=args.arch, model=args.model, batch=args.batch, **row)), flush=True)
         del model
         if device == 'cuda':
+            gc.collect()  # a graphed model is a reference cycle: free its graphs before the next mode
             torch.cuda.empty_cache()
 
 

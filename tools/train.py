@@ -1,7 +1,7 @@
 """Train a model described by a config file (mmpretrain's ``tools/train.py`` contract).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--compile] [--auto-scale-lr]
-                          [--no-validate]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--compile | --cuda-graph]
+                          [--auto-scale-lr] [--no-validate]
                           [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
     torchrun --nproc-per-node N tools/train.py CONFIG      # one DDP job of N processes (gloo on CPU)
 
@@ -28,7 +28,7 @@ from mmengine.runner import Runner  # noqa: E402
 from opentad_lora.engine.checkpoint import CheckpointError  # noqa: E402
 from opentad_lora.engine.dist_teardown import release_process_group  # noqa: E402
 from opentad_lora.engine.runner_utils import (add_checkpoint_match_hook, setup_amp, setup_compile,  # noqa: E402
-                                              setup_launcher)
+                                              setup_cuda_graph, setup_launcher)
 from opentad_lora.registry import RUNNERS, register_all_modules  # noqa: E402
 
 register_all_modules()
@@ -45,6 +45,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile the model\'s loss forward (as compile=True in the config; see '
                              'docs/engine.md): faster steps after a first step that compiles')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='replay the backbone\'s eager forward and backward as CUDA graphs (as cuda_graph=True in '
+                             'the config; see docs/engine.md): no host cost per kernel, for fixed input shapes')
     parser.add_argument('--no-validate', action='store_true', help='do not evaluate during training')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real batch size over auto_scale_lr.base_batch_size')
@@ -103,6 +106,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.merge_from_dict(args.cfg_options)
     add_checkpoint_match_hook(cfg, check_load_from=False)
     setup_compile(cfg, args.compile)
+    setup_cuda_graph(cfg, args.cuda_graph)
     return cfg
 
 

@@ -11,6 +11,7 @@ from .checkpoint import (MM_SAFE_GLOBALS, TRUST_ENV, AtomicLocalBackend, Checkpo
 from .checkpoint_match import (CheckpointMatchHook, CheckpointMismatchError, check_checkpoint_matches,
                                check_optimizer_matches)
 from .compile_hook import CompileHook
+from .cuda_graph_hook import CUDAGraphHook, GraphedForward
 from .ddp import AnyDeviceDistributedDataParallel, init_cpu_process_group
 from .ema_hook import TrainableEMAHook, ema_weights, trainable_view
 from .epoch_seed_hook import EpochSeedHook, epoch_seed
@@ -20,7 +21,7 @@ from .export import adapter_root, merged_state_dict, save_adapter_folder, save_m
 from .fsdp import LoRAFSDPStrategy, lora_fsdp_auto_wrap_policy
 from .lora_checkpoint_hook import LoRACheckpointHook
 from .optim_constructor import LoRAOptimWrapperConstructor, format_param_groups, log_param_groups
-from .runner_utils import add_checkpoint_match_hook, setup_amp, setup_compile, setup_launcher
+from .runner_utils import add_checkpoint_match_hook, setup_amp, setup_compile, setup_cuda_graph, setup_launcher
 
 register_safe_checkpoint_loader()
 enable_atomic_checkpoint_writes()
@@ -33,6 +34,6 @@ __all__ = [
     'AnyDeviceDistributedDataParallel', 'init_cpu_process_group', 'EpochSeedHook', 'epoch_seed', 'LoRAFSDPStrategy',
     'lora_fsdp_auto_wrap_policy', 'TrainableEMAHook', 'ema_weights', 'trainable_view', 'CheckpointMatchHook',
     'CheckpointMismatchError', 'check_checkpoint_matches', 'check_optimizer_matches', 'add_checkpoint_match_hook',
-    'CompileHook', 'setup_compile', 'EpochStreamTrainLoop', 'EpochStreamBatchSampler', 'EpochTaggedDataset',
+    'CompileHook', 'setup_compile', 'CUDAGraphHook', 'GraphedForward', 'setup_cuda_graph', 'EpochStreamTrainLoop', 'EpochStreamBatchSampler', 'EpochTaggedDataset',
     'epoch_stream_dataloader',
 ]

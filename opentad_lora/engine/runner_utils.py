@@ -7,11 +7,13 @@ import torch
 from mmengine.logging import print_log
 
 from .compile_hook import CompileHook
+from .cuda_graph_hook import CUDAGraphHook
 from .ddp import TORCHRUN_ENV, init_cpu_process_group
 
 CPU_DDP_WRAPPER = 'opentad_lora.AnyDeviceDistributedDataParallel'  # scoped: the Runner looks the type up in the root
 CHECKPOINT_MATCH_HOOK = 'opentad_lora.CheckpointMatchHook'
 COMPILE_HOOK = 'opentad_lora.CompileHook'
+CUDA_GRAPH_HOOK = 'opentad_lora.CUDAGraphHook'
 
 
 def setup_launcher(cfg: MutableMapping, launcher: str = 'none') -> str:
@@ -119,7 +121,35 @@ def setup_compile(cfg: MutableMapping, flag: bool = False) -> bool:
         return False
     kwargs = dict(options) if isinstance(options, Mapping) else {}
     CompileHook(**kwargs)  # refuses bad options here, before the Runner makes its work_dir
-    hooks = [hook for hook in (cfg.get('custom_hooks') or [])
-             if str(hook.get('type', '')).split('.')[-1] != COMPILE_HOOK.split('.')[-1]]
-    cfg['custom_hooks'] = [*hooks, dict(type=COMPILE_HOOK, **kwargs)]
+    cfg['custom_hooks'] = [*_without_hook(cfg, COMPILE_HOOK), dict(type=COMPILE_HOOK, **kwargs)]
+    return True
+
+
+def _without_hook(cfg: MutableMapping, hook_type: str) -> list:
+    return [hook for hook in (cfg.get('custom_hooks') or [])
+            if str(hook.get('type', '')).split('.')[-1] != hook_type.split('.')[-1]]
+
+
+def setup_cuda_graph(cfg: MutableMapping, flag: bool = False) -> bool:
+    """Turn the config's ``cuda_graph`` (or ``--cuda-graph``) into :class:`~opentad_lora.engine.CUDAGraphHook`.
+
+    ``cuda_graph`` is ``True`` (the model's ``backbone``) or a dict of the hook's arguments (``modules``,
+    ``warmup_iters``); ``flag`` means ``True`` unless the config gives arguments. Refused with ``compile``:
+    ``torch.compile(mode='reduce-overhead')`` replays CUDA graphs itself. Call after :func:`setup_compile`.
+    Returns whether training will replay CUDA graphs.
+
+    Args:
+        cfg: The MMEngine config (or a plain dict), modified in place.
+        flag: The ``--cuda-graph`` argument.
+    """
+    options = cfg.pop('cuda_graph', None) or flag
+    if not options:
+        return False
+    if any(str(hook.get('type', '')).split('.')[-1] == COMPILE_HOOK.split('.')[-1]
+           for hook in cfg.get('custom_hooks') or []):
+        raise ValueError('cuda_graph and compile are both set: choose one (compile with mode="reduce-overhead" '
+                         'replays CUDA graphs of the compiled code; cuda_graph replays the eager kernels).')
+    kwargs = dict(options) if isinstance(options, Mapping) else {}
+    CUDAGraphHook(**kwargs)  # refuses bad options here, before the Runner makes its work_dir
+    cfg['custom_hooks'] = [*_without_hook(cfg, CUDA_GRAPH_HOOK), dict(type=CUDA_GRAPH_HOOK, **kwargs)]
     return True
