@@ -6,6 +6,7 @@ process (the host's speed moves by ±15 % between processes, more than some of t
 * ``_plain``: every eager layer on plain autograd ops (``PLAIN_MAX_ROWS`` raised), as small layers are.
 * ``_fusedcompiled``: the fused function kept inside ``torch.compile`` (the routing before session 11, which
   ``functional.use_plain_path`` replaced); for a compiled mode, e.g. ``ours_lora_compile_fusedcompiled``.
+* ``_addmm``: compiled plain ops add the low-rank product with ``addmm`` as eager ones do (before session 12).
 
     python benchmarks/profile_step.py --model ours --modes floor,ours_lora,ours_lora_notriton,ours_lora_plain
 """
@@ -13,9 +14,11 @@ import contextlib
 import os
 from typing import Iterator, Tuple
 
+import torch
+
 from opentad_lora.peft import functional as LF
 
-SUFFIXES = ('_notriton', '_plain', '_fusedcompiled')
+SUFFIXES = ('_notriton', '_plain', '_fusedcompiled', '_addmm')
 
 
 def _split(mode: str) -> Tuple[str, str]:
@@ -30,12 +33,16 @@ def _eager_rule(x, dropout_p: float, training: bool) -> bool:
     return x.numel() < LF.PLAIN_MAX_ROWS * x.shape[-1] and not (dropout_p > 0.0 and training)
 
 
+def _addmm(base_out, xa, lora_b, scaling: float):
+    return torch.addmm(base_out, xa, lora_b.t(), alpha=scaling)
+
+
 @contextlib.contextmanager
 def routed(mode: str) -> Iterator[str]:
     """Route the layers as ``mode``'s suffix says while the block runs (build and time the model inside it); yields
     the mode without the suffix."""
     base, suffix = _split(mode)
-    saved = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL'), LF.PLAIN_MAX_ROWS, LF.use_plain_path
+    saved = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL'), LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank
     try:
         if suffix == '_notriton':
             os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = 'torch'
@@ -43,10 +50,12 @@ def routed(mode: str) -> Iterator[str]:
             LF.PLAIN_MAX_ROWS = 1 << 62
         elif suffix == '_fusedcompiled':
             LF.use_plain_path = _eager_rule
+        elif suffix == '_addmm':
+            LF.add_low_rank = _addmm
         yield base
     finally:
         if saved[0] is None:
             os.environ.pop('OPENTAD_LORA_DROPOUT_KERNEL', None)
         else:
             os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = saved[0]
-        LF.PLAIN_MAX_ROWS, LF.use_plain_path = saved[1], saved[2]
+        LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank = saved[1], saved[2], saved[3]
