@@ -66,3 +66,16 @@ def test_test_tool_sets_checkpoint_and_rejects_show_dir_without_hook(tmp_path, t
     args = test_script.parse_args([str(CONFIG), 'ckpt.pth', '--show-dir', str(tmp_path)])
     with pytest.raises(SystemExit, match='visualization'):
         test_script.merge_args(Config.fromfile(str(CONFIG)), args)
+
+
+def test_cuda_graph_flag_and_config_key_become_the_hook(train_cfg):
+    def graph_hooks(cfg):
+        return [hook for hook in cfg.custom_hooks if hook.type == 'opentad_lora.CUDAGraphHook']
+
+    assert graph_hooks(train_cfg()) == []
+    assert graph_hooks(train_cfg('--cuda-graph')) == [dict(type='opentad_lora.CUDAGraphHook')]
+    cfg = train_cfg('--cfg-options', 'cuda_graph.modules=[backbone,neck]')
+    assert graph_hooks(cfg) == [dict(type='opentad_lora.CUDAGraphHook', modules=['backbone', 'neck'])]
+    assert 'cuda_graph' not in cfg
+    with pytest.raises(ValueError, match='cuda_graph and compile are both set'):
+        train_cfg('--compile', '--cuda-graph')
