@@ -34,6 +34,6 @@ __all__ = [
     'AnyDeviceDistributedDataParallel', 'init_cpu_process_group', 'EpochSeedHook', 'epoch_seed', 'LoRAFSDPStrategy',
     'lora_fsdp_auto_wrap_policy', 'TrainableEMAHook', 'ema_weights', 'trainable_view', 'CheckpointMatchHook',
     'CheckpointMismatchError', 'check_checkpoint_matches', 'check_optimizer_matches', 'add_checkpoint_match_hook',
-    'CompileHook', 'setup_compile', 'CUDAGraphHook', 'GraphedForward', 'setup_cuda_graph', 'EpochStreamTrainLoop', 'EpochStreamBatchSampler', 'EpochTaggedDataset',
-    'epoch_stream_dataloader',
+    'CompileHook', 'setup_compile', 'CUDAGraphHook', 'GraphedForward', 'setup_cuda_graph', 'EpochStreamTrainLoop',
+    'EpochStreamBatchSampler', 'EpochTaggedDataset', 'epoch_stream_dataloader',
 ]

@@ -82,7 +82,7 @@ class GraphedForward:
         if signature is None or signature != self.signature:
             self._log_mismatch(signature)
             return self.eager(*args)
-        self._detach_accumulated_grads()
+        self._copy_out_held_grads()
         return self._graphed(*args)
 
     def restore(self) -> None:
@@ -110,7 +110,7 @@ class GraphedForward:
         print_log(f'CUDA graphs: captured {self.name} (inputs {[tuple(leaf.shape) for leaf in leaves]}, '
                   f'{len(self._trainable)} trainable tensors)', logger='current')
 
-    def _detach_accumulated_grads(self) -> None:
+    def _copy_out_held_grads(self) -> None:
         """A replay rewrites the graph's gradient buffers, which autograd may have handed to ``param.grad`` as they
         are. Gradients still there from an earlier backward (accumulation over micro-batches) are copied out
         first, so the next backward adds to them instead of overwriting them (one foreach launch)."""

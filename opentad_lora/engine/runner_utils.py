@@ -89,6 +89,15 @@ def setup_amp(cfg: MutableMapping) -> Optional[str]:
 
 
 
+def _is_hook(hook: Mapping, hook_type: str) -> bool:
+    """Whether a ``custom_hooks`` entry is of ``hook_type`` (scoped or not: ``opentad_lora.X`` and ``X`` match)."""
+    return str(hook.get('type', '')).split('.')[-1] == hook_type.split('.')[-1]
+
+
+def _without_hook(cfg: MutableMapping, hook_type: str) -> list:
+    return [hook for hook in (cfg.get('custom_hooks') or []) if not _is_hook(hook, hook_type)]
+
+
 def add_checkpoint_match_hook(cfg: MutableMapping, check_load_from: bool) -> None:
     """Add :class:`~opentad_lora.engine.CheckpointMatchHook` to ``cfg.custom_hooks`` unless the config has one.
 
@@ -97,7 +106,7 @@ def add_checkpoint_match_hook(cfg: MutableMapping, check_load_from: bool) -> Non
         check_load_from: Check ``load_from`` checkpoints too (``tools/test.py``), not only resumed ones.
     """
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(str(hook.get('type', '')).split('.')[-1] == CHECKPOINT_MATCH_HOOK.split('.')[-1] for hook in hooks):
+    if not any(_is_hook(hook, CHECKPOINT_MATCH_HOOK) for hook in hooks):
         hooks.append(dict(type=CHECKPOINT_MATCH_HOOK, check_load_from=check_load_from))
     cfg['custom_hooks'] = hooks
 
@@ -125,11 +134,6 @@ def setup_compile(cfg: MutableMapping, flag: bool = False) -> bool:
     return True
 
 
-def _without_hook(cfg: MutableMapping, hook_type: str) -> list:
-    return [hook for hook in (cfg.get('custom_hooks') or [])
-            if str(hook.get('type', '')).split('.')[-1] != hook_type.split('.')[-1]]
-
-
 def setup_cuda_graph(cfg: MutableMapping, flag: bool = False) -> bool:
     """Turn the config's ``cuda_graph`` (or ``--cuda-graph``) into :class:`~opentad_lora.engine.CUDAGraphHook`.
 
@@ -145,8 +149,7 @@ def setup_cuda_graph(cfg: MutableMapping, flag: bool = False) -> bool:
     options = cfg.pop('cuda_graph', None) or flag
     if not options:
         return False
-    if any(str(hook.get('type', '')).split('.')[-1] == COMPILE_HOOK.split('.')[-1]
-           for hook in cfg.get('custom_hooks') or []):
+    if any(_is_hook(hook, COMPILE_HOOK) for hook in cfg.get('custom_hooks') or []):
         raise ValueError('cuda_graph and compile are both set: choose one (compile with mode="reduce-overhead" '
                          'replays CUDA graphs of the compiled code; cuda_graph replays the eager kernels).')
     kwargs = dict(options) if isinstance(options, Mapping) else {}
