@@ -6,7 +6,10 @@ process (the host's speed moves by ±15 % between processes, more than some of t
 * ``_plain``: every eager layer on plain autograd ops (``PLAIN_MAX_ROWS`` raised), as small layers are.
 * ``_fusedcompiled``: the fused function kept inside ``torch.compile`` (the routing before session 11, which
   ``functional.use_plain_path`` replaced); for a compiled mode, e.g. ``ours_lora_compile_fusedcompiled``.
-* ``_addmm``: compiled plain ops add the low-rank product with ``addmm`` as eager ones do (before session 12).
+* ``_plaincompiled``: compiled float layers on plain ops instead of ``compiled_lora.LoRAConcatGEMM`` (session 12).
+* ``_concatcompiled``: compiled float layers on ``LoRAConcatGEMM`` also on torch < 2.12 (which keeps checkpointed
+  blocks' activations with it: for models without checkpointing only).
+* ``_addmm``: the same, and the plain ops add the low-rank product with ``addmm`` as eager ones do (session 11).
 
     python benchmarks/profile_step.py --model ours --modes floor,ours_lora,ours_lora_notriton,ours_lora_plain
 """
@@ -16,9 +19,10 @@ from typing import Iterator, Tuple
 
 import torch
 
+from opentad_lora.peft import compiled_lora as CL
 from opentad_lora.peft import functional as LF
 
-SUFFIXES = ('_notriton', '_plain', '_fusedcompiled', '_addmm')
+SUFFIXES = ('_notriton', '_plain', '_fusedcompiled', '_addmm', '_plaincompiled', '_concatcompiled')
 
 
 def _split(mode: str) -> Tuple[str, str]:
@@ -33,6 +37,10 @@ def _eager_rule(x, dropout_p: float, training: bool) -> bool:
     return x.numel() < LF.PLAIN_MAX_ROWS * x.shape[-1] and not (dropout_p > 0.0 and training)
 
 
+def _never(*args) -> bool:
+    return False
+
+
 def _addmm(base_out, xa, lora_b, scaling: float):
     return torch.addmm(base_out, xa, lora_b.t(), alpha=scaling)
 
@@ -42,7 +50,8 @@ def routed(mode: str) -> Iterator[str]:
     """Route the layers as ``mode``'s suffix says while the block runs (build and time the model inside it); yields
     the mode without the suffix."""
     base, suffix = _split(mode)
-    saved = os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL'), LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank
+    saved = (os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL'), LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank,
+             CL.applies, CL.AUTOGRAD_FUNCTIONS_RECOMPUTED)
     try:
         if suffix == '_notriton':
             os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = 'torch'
@@ -50,12 +59,17 @@ def routed(mode: str) -> Iterator[str]:
             LF.PLAIN_MAX_ROWS = 1 << 62
         elif suffix == '_fusedcompiled':
             LF.use_plain_path = _eager_rule
-        elif suffix == '_addmm':
+        if suffix in ('_addmm', '_plaincompiled'):
+            CL.applies = _never
+        if suffix == '_addmm':
             LF.add_low_rank = _addmm
+        if suffix == '_concatcompiled':
+            CL.AUTOGRAD_FUNCTIONS_RECOMPUTED = True
         yield base
     finally:
         if saved[0] is None:
             os.environ.pop('OPENTAD_LORA_DROPOUT_KERNEL', None)
         else:
             os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = saved[0]
-        LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank = saved[1], saved[2], saved[3]
+        (LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank, CL.applies,
+         CL.AUTOGRAD_FUNCTIONS_RECOMPUTED) = saved[1:]

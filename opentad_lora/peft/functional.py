@@ -8,8 +8,8 @@ Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with ide
   ``dropout(x) @ A.T``. With dropout it keeps the generator state, not the mask nor the dropped-out copy, and draws
   the mask again in backward: LoRA dropout costs no memory (:mod:`.lora_dropout`). The frozen base weight gets no
   gradient, so no activation is kept for it; a float base's compute-dtype copy is kept as autocast would, a
-  quantized base is dequantized again in backward as bitsandbytes does. Eager only: inside ``torch.compile`` the
-  layers take plain autograd ops, which inductor fuses itself (:func:`use_plain_path`).
+  quantized base is dequantized again in backward as bitsandbytes does. Eager only: inside ``torch.compile`` float
+  layers take :mod:`.compiled_lora` (torch >= 2.12), the others plain autograd ops (:func:`use_plain_path`).
 
 The low-rank product is added inside the base GEMM by concatenating along the reduction dimension:
 ``x @ W.T + (x A.T) @ (s B).T == [x | x A.T] @ [W | s B].T`` and ``dy @ W + g @ A == [dy | g] @ [W ; A]``. One
@@ -307,14 +307,15 @@ PLAIN_MAX_ROWS = 8192
 
 
 def use_plain_path(x: Tensor, dropout_p: float, training: bool) -> bool:
-    """Whether :func:`lora_linear_plain` serves this call: always inside ``torch.compile``, else few rows and no
-    dropout (whose mask it would keep).
+    """Whether the fused function is skipped: always inside ``torch.compile`` (where float layers without dropout
+    take :mod:`.compiled_lora` on torch >= 2.12 and the others :func:`lora_linear_plain`), else few rows and no
+    dropout (whose mask it would keep) take :func:`lora_linear_plain`.
 
     Compiled, plain autograd ops are what inductor can fuse and recompute. Through the fused autograd function it
     kept the function's saved tensors inside activation-checkpointed blocks instead of recomputing them: on an H200
     a whole-compiled checkpointed ViT-S kept 1629 MB for backward against 240 MB with plain ops, which also stepped
-    in 25 ms instead of 34 ms (benchmarks/RESULTS.md, session 11). The CPU does not show it, so tests check that no
-    autograd function is left in the compiled graph."""
+    in 25 ms instead of 34 ms (benchmarks/RESULTS.md, session 11; torch 2.11, fixed in 2.12). The CPU does not show
+    it, so tests check which autograd functions are left in the compiled graph."""
     if torch.compiler.is_compiling():
         return True
     return x.numel() < PLAIN_MAX_ROWS * x.shape[-1] and not (dropout_p > 0.0 and training)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as LF
+from . import compiled_lora as CL
 from .input_fn import is_recomputable
 from .quant import dequantize_weight, dequantizing_linear, is_quantized, requantize_like
 
@@ -211,6 +212,9 @@ class LoRALinear(LoRALayer):
         if self.fused and LF.use_plain_path(x, dropout_p, self.training):
             x = x if input_fn is None else input_fn(x)  # few rows, or compiled: inductor recomputes it
             quantized = is_quantized(self.base_layer)
+            if CL.applies(self.base_layer, dropout_p, self.training):
+                return CL.lora_linear_compiled(x, self.base_layer.weight, self.base_layer.bias, lora_a, lora_b,
+                                               scaling)
             base_forward = partial(dequantizing_linear, self.base_layer) if quantized else self._base_forward
             return LF.lora_linear_plain(x, base_forward, lora_a, lora_b, scaling, dropout_p, self.training)
         if is_quantized(self.base_layer):

@@ -25,9 +25,16 @@ def saved_bytes() -> Callable[[Callable[[], object]], int]:
 
 
 def _autograd_functions_in(graph_module: torch.fx.GraphModule) -> list:
-    """The autograd-function calls in a dynamo graph and its subgraphs (a checkpointed block is one)."""
-    return [node for module in graph_module.modules() if isinstance(module, torch.fx.GraphModule)
-            for node in module.graph.nodes if 'autograd_function_apply' in str(node.target)]
+    """The autograd functions called in a dynamo graph and its subgraphs (a checkpointed block is one), each as the
+    name of the class whose ``apply`` makes the call (from the call's source line)."""
+    names = []
+    for module in graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                if 'autograd_function_apply' in str(node.target):
+                    line = [text for text in node.meta.get('stack_trace', '').splitlines() if '.apply(' in text]
+                    names.append(line[-1].split('.apply(')[0].split()[-1].split('=')[-1] if line else '?')
+    return names
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
-"""LoRA layers under ``torch.compile`` inside checkpointed blocks: one graph of plain ops, no graph break, eager's
-numbers.
+"""LoRA layers under ``torch.compile`` inside checkpointed blocks: one graph, no graph break, eager's numbers.
 
 A graph break inside ``torch.utils.checkpoint`` makes dynamo run the whole checkpointed block eagerly. The plain
-path's shared cast cache did that ("HOP: Unsafe side effect": it set module state inside the block). No autograd
-function may be in the graph either (the fused one, QLoRA's dequantizing linear): inductor kept what they saved
-instead of recomputing the checkpointed blocks (6.8x the memory on an H200, benchmarks/RESULTS.md), which CPU runs
-do not show.
+path's shared cast cache did that ("HOP: Unsafe side effect": it set module state inside the block). Before torch
+2.12 no autograd function may be in the graph either (the fused one, QLoRA's dequantizing linear): inductor kept
+what they saved instead of recomputing the checkpointed blocks (6.8x the memory on an H200, benchmarks/RESULTS.md),
+which CPU runs do not show. From 2.12 float layers take ``compiled_lora.LoRAConcatGEMM``; the others never take one.
 Backend ``aot_eager``: AOTAutograd traces forward and backward as inductor would be given them, and runs aten ops.
 """
 import pytest
@@ -14,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from opentad_lora.peft import apply_lora
+from opentad_lora.peft import compiled_lora as CL
 from opentad_lora.peft import functional as LF
 
 
@@ -43,9 +43,11 @@ class _Checkpointed(nn.Module):
 @pytest.mark.parametrize('bases', [{}, dict(base_dtype='bfloat16'), dict(quantize_bits=4)],
                          ids=['float32_bases', 'bf16_bases', 'nf4_bases'])
 @pytest.mark.parametrize('plain_max_rows', [10 ** 9, 0], ids=['eager_plain_ops', 'eager_fused_function'])
+@pytest.mark.parametrize('concat', [True, False], ids=['torch_2_12', 'before_2_12'])
 def test_checkpointed_lora_blocks_compile_to_one_graph_with_eager_numbers(monkeypatch, autograd_functions_in,
-                                                                          plain_max_rows, bases):
+                                                                          plain_max_rows, bases, concat):
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', plain_max_rows)
+    monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', concat)
     torch.manual_seed(0)
     model = _Checkpointed()
     apply_lora(model, dict(r=4, alpha=8, targets=['q', 'k', 'out'], **bases))
@@ -64,7 +66,8 @@ def test_checkpointed_lora_blocks_compile_to_one_graph_with_eager_numbers(monkey
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
-    assert autograd_functions_in(explained.graphs[0]) == []
+    float_layers = 6 if concat and 'quantize_bits' not in bases else 0
+    assert autograd_functions_in(explained.graphs[0]) == ['LoRAConcatGEMM'] * float_layers
     # the low-rank product is added, not addmm-ed: inductor runs addmm as a copy of the base output + a GEMM
     assert [node for module in explained.graphs[0].modules() if isinstance(module, torch.fx.GraphModule)
             for node in module.graph.nodes if 'addmm' in str(node.target)] == []
