@@ -23,6 +23,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .functional import compute_dtype
 from .quant import is_quantized
 
 
@@ -64,16 +65,13 @@ class LoRAConcatGEMM(torch.autograd.Function):
         xa, weight, lora_a, lora_b = ctx.saved_tensors
         scaling, dtype = ctx.scaling, dy.dtype
         w, a, b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
-        dx = None
-        if not ctx.needs_input_grad[0]:
-            g = dy @ b
-        elif ctx.concat_backward:
-            g = dy @ b
-            dx = torch.cat([dy, g * scaling], 1) @ torch.cat([w, a], 0)
-        else:
+        if ctx.needs_input_grad[0] and not ctx.concat_backward:
             both = dy @ torch.cat([w, b], 1)
             g = both[:, w.shape[1]:]
             dx = both[:, :w.shape[1]] + (g * scaling) @ a
+        else:
+            g = dy @ b
+            dx = torch.cat([dy, g * scaling], 1) @ torch.cat([w, a], 0) if ctx.needs_input_grad[0] else None
         grad_b = (dy.t() @ xa) * scaling
         return dx, g * scaling, None, None, grad_b, None, None, None
 
@@ -90,8 +88,7 @@ def lora_linear_compiled(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora
                          scaling: float) -> Tensor:
     """``x @ Wᵀ + b + x @ Aᵀ @ Bᵀ * scaling`` in the compute dtype (autocast's or ``x``'s) for a frozen float base
     and no dropout, as :class:`LoRAConcatGEMM`."""
-    device_type = x.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    dtype = compute_dtype(x)
     x2d = x.reshape(-1, x.shape[-1]).to(dtype)
     xa = x2d.detach() @ lora_a.to(dtype).t()
     out = LoRAConcatGEMM.apply(x2d, xa, weight, lora_a, lora_b, scaling,

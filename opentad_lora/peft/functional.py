@@ -73,7 +73,8 @@ def base_operands(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tuple[Te
     return weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a layer computes in on ``x``: autocast's where it is on, else ``x``'s."""
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
@@ -188,7 +189,7 @@ class FusedLoRALinear(torch.autograd.Function):
         # Every operand is cast to the compute dtype explicitly, so autocast (if on) has nothing left to do here;
         # the body is kept short because eager LoRA steps are often bound by the host issuing kernels.
         autocast = torch.is_autocast_enabled(x.device.type)
-        dtype = _compute_dtype(x)
+        dtype = compute_dtype(x)
         in_features, (out_features, rank) = x.shape[-1], lora_b.shape
         wide = out_features >= 2 * in_features  # the output is the widest tensor: [x | xa] @ [W | sB].T
         fn_args = _fn_kernel_args(input_fn, weight, x, rank, autocast, dtype) if input_fn is not None else None
@@ -330,7 +331,7 @@ def lora_linear_plain(x: Tensor, base_forward: Callable[[Tensor], Tensor], lora_
     the same tensor) and the rank-``r`` ``x @ A.T``, as the fused function does; with it (compiled steps only, see
     :func:`use_plain_path`) what inductor chooses.
     """
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     source = _cast_once(x, dtype)[0]
     base_out = base_forward(source)
     x2d = source.reshape(-1, x.shape[-1])
@@ -383,7 +384,7 @@ def qlora_linear(x: Tensor, dequantize: Callable[..., Tensor], bias: Optional[Te
         return FusedLoRALinear.apply(x, None, bias, lora_a, lora_b, scaling, dropout_p, training, dequantize,
                                      keep_dequantized, input_fn)
     x = x if input_fn is None else input_fn(x)
-    weight = dequantize(_compute_dtype(x))
+    weight = dequantize(compute_dtype(x))
     return lora_linear_reference(x, weight, bias, lora_a, lora_b, scaling, dropout_p, training)
 
 
