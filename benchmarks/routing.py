@@ -9,7 +9,8 @@ process (the host's speed moves by ±15 % between processes, more than some of t
 * ``_plaincompiled``: compiled float layers on plain ops instead of ``compiled_lora.LoRAConcatGEMM`` (session 12).
 * ``_concatcompiled``: compiled float layers on ``LoRAConcatGEMM`` also on torch < 2.12 (which keeps checkpointed
   blocks' activations with it: for models without checkpointing only).
-* ``_addmm``: the same, and the plain ops add the low-rank product with ``addmm`` as eager ones do (session 11).
+* ``_addmm``: as ``_plaincompiled``, and the plain ops add the low-rank product with ``addmm`` as eager ones do
+  (session 11).
 
     python benchmarks/profile_step.py --model ours --modes floor,ours_lora,ours_lora_notriton,ours_lora_plain
 """

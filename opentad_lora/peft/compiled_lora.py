@@ -2,21 +2,17 @@
 
 Compiled plain ops (:func:`.functional.lora_linear_plain`) pay the low-rank part with a full-width tensor in each
 direction: forward writes ``xA·Bᵀ`` (rows × out) and an add reads it back; backward does the same with ``g·A``
-(rows × in) for the input gradient, and reads ``dy`` once more for ``g = dy·B``. :class:`LoRAConcatGEMM` does what
-the eager fused function does instead: it concatenates along the reduction dimension, ``[x | s·xA] @ [W | B]ᵀ``
-forward and ``[dy | s·g] @ [W ; A]`` backward, in the direction where copying the concatenated operand costs less
-than the full-width pass (forward when ``out >= in``: qkv, fc1; backward when ``3·out < 2·in``: fc2). Elsewhere
-backward takes ``g`` from extra columns of the input-gradient GEMM, ``dy @ [W | B]``, instead of a second read of
-``dy``. Forward and backward stay ATen ops that inductor fuses with their neighbours (the norm or GELU before a
-layer writes straight into the concatenated operand). An autograd function of our own because no plain op gives
-``B`` its gradient from a concatenated ``[W | B]`` without the full weight gradient. On an H200, compiled with CUDA
-graphs, against the eager frozen floor of the same process: ViT-H b64 1.104x with plain ops, 1.041x with this;
-ViT-B b128 1.058x, 0.981x (benchmarks/RESULTS.md, session 13).
+(rows × in) for the input gradient, and reads ``dy`` once more for ``g = dy·B``. :class:`LoRAConcatGEMM` concatenates
+along the reduction dimension instead, as the eager fused function does, ``[x | s·xA] @ [W | B]ᵀ`` forward and
+``[dy | s·g] @ [W ; A]`` backward, with its own rule for where (:func:`concat_directions`: inductor writes a norm's or
+GELU's output straight into the concatenated operand, so a concatenation costs less than in eager). Elsewhere backward
+takes ``g`` from extra columns of the input-gradient GEMM, ``dy @ [W | B]``. An autograd function of our own because
+no plain op gives ``B`` its gradient from a concatenated ``[W | B]`` without the full weight gradient; ``A``'s comes
+from the plain op that makes ``xA`` from the detached input. Measured gains: benchmarks/RESULTS.md, session 13.
 
-``A``'s gradient comes from the plain op that makes ``xA`` from the detached input. Before torch 2.12 the ops of an
-autograd function inside an activation-checkpointed block got no recompute tags, so compiled checkpointed blocks kept
-all their activations (pytorch#177396; an H200 with torch 2.11: 1174 MB against 259 MB kept for backward by a
-checkpointed ViT-S); there the layers keep the plain ops (:data:`AUTOGRAD_FUNCTIONS_RECOMPUTED`).
+Before torch 2.12 the ops of an autograd function inside an activation-checkpointed block got no recompute tags, so
+compiled checkpointed blocks kept all their activations (pytorch#177396; 4.5x on an H200 with torch 2.11); there the
+layers keep the plain ops (:data:`AUTOGRAD_FUNCTIONS_RECOMPUTED`).
 """
 from typing import Optional, Tuple
 
@@ -27,14 +23,19 @@ from .functional import compute_dtype
 from .quant import is_quantized
 
 
-# torch >= 2.12 tags the ops of autograd functions inside checkpointed regions for recomputation (pytorch#177396)
-AUTOGRAD_FUNCTIONS_RECOMPUTED = tuple(int(part) for part in torch.__version__.split('.')[:2]) >= (2, 12)
+# torch >= 2.12 tags the ops of autograd functions inside checkpointed regions for recomputation (pytorch#177396;
+# tests/test_peft/test_compiled_lora.py checks the tags); a 2.12 pre-release may predate the fix
+AUTOGRAD_FUNCTIONS_RECOMPUTED = torch.__version__ >= (2, 12)
+# Fewer rows keep plain ops: the concatenations copy W (free when autocast casts it anyway), which the activation
+# passes they save outweigh only for many rows; measured on ViT steps of 12288 rows and more
+CONCAT_MIN_ROWS = 8192
 
 
 def concat_directions(in_features: int, out_features: int) -> Tuple[bool, bool]:
-    """``(forward, backward)``: whether each direction concatenates. Forward copies ``x`` (two passes over ``in``
-    columns) where plain ops write and read ``xA·Bᵀ`` (two over ``out``); backward copies ``dy`` and reads it for
-    ``g`` (three over ``out``) where the other form writes and reads ``g·A`` (two over ``in``)."""
+    """``(forward, backward)``: whether each direction concatenates (qkv, proj, fc1 forward; fc2 backward). Forward
+    writes ``x`` once more (the norm or GELU before the layer writes it into the concatenated operand too) where plain
+    ops write and read ``xA·Bᵀ`` (two passes over ``out`` columns); backward copies ``dy`` and reads it for ``g``
+    (three over ``out``) where the other form writes and reads ``g·A`` (two over ``in``)."""
     return out_features >= in_features, 3 * out_features < 2 * in_features
 
 
@@ -72,16 +73,17 @@ class LoRAConcatGEMM(torch.autograd.Function):
         else:
             g = dy @ b
             dx = torch.cat([dy, g * scaling], 1) @ torch.cat([w, a], 0) if ctx.needs_input_grad[0] else None
-        grad_b = (dy.t() @ xa) * scaling
+        grad_b = (dy.t() @ xa) * scaling if ctx.needs_input_grad[4] else None
         return dx, g * scaling, None, None, grad_b, None, None, None
 
 
-def applies(base_layer: nn.Module, dropout_p: float, training: bool) -> bool:
-    """Whether :func:`lora_linear_compiled` serves a layer: while compiling on torch >= 2.12, for a frozen float
-    base (a quantized one dequantizes through its own ops) without dropout in training (its mask would enter ``dx``,
-    which the concatenated GEMM computes without it)."""
+def applies(base_layer: nn.Module, x: Tensor, dropout_p: float, training: bool) -> bool:
+    """Whether :func:`lora_linear_compiled` serves a layer's call on ``x``: while compiling on torch >= 2.12, for a
+    frozen float base (a quantized one dequantizes through its own ops), without dropout in training (its mask would
+    enter ``dx``, which the concatenated GEMM computes without it), from :data:`CONCAT_MIN_ROWS` rows."""
     return (AUTOGRAD_FUNCTIONS_RECOMPUTED and torch.compiler.is_compiling() and not is_quantized(base_layer)
-            and not base_layer.weight.requires_grad and not (dropout_p > 0.0 and training))
+            and not base_layer.weight.requires_grad and not (dropout_p > 0.0 and training)
+            and x.numel() >= CONCAT_MIN_ROWS * x.shape[-1])
 
 
 def lora_linear_compiled(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor,

@@ -1,34 +1,40 @@
-"""The compiled layers' LoRA function (K-concatenated GEMMs) equals the reference in forward and every gradient."""
+"""The compiled layers' LoRA function (K-concatenated GEMMs) equals the reference in forward and every gradient, is
+routed to where it applies, and is recomputed inside checkpointed blocks on the torch versions that use it."""
 import pytest
 import torch
 from torch import nn
+from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
+from torch._functorch.partitioners import default_partition
+from torch.utils.checkpoint import checkpoint
 
 from opentad_lora.peft import apply_lora
 from opentad_lora.peft import compiled_lora as CL
 from opentad_lora.peft.functional import lora_linear_reference
 
-# (in, out) -> which directions concatenate: qkv-like, fc2-like, proj-like
-SHAPES = {(16, 48): (True, False), (48, 16): (False, True), (16, 16): (True, False)}
+# (in, out) -> which directions concatenate: qkv-like, fc2-like, proj-like, neither
+SHAPES = {(16, 48): (True, False), (48, 16): (False, True), (16, 16): (True, False), (48, 40): (False, False)}
+SHAPE_IDS = ['wider_out', 'wider_in', 'square', 'slightly_narrower_out']
 
 
-def _layer_inputs(features, x_grad: bool, bias: bool):
+def _layer_inputs(features, x_grad: bool, bias: bool, weight_dtype=torch.float32):
     in_features, out_features = features
     torch.manual_seed(0)
     x = torch.randn(3, 7, in_features, requires_grad=x_grad)
-    weight = torch.randn(out_features, in_features)  # frozen
+    weight = torch.randn(out_features, in_features).to(weight_dtype)  # frozen
     b = torch.randn(out_features, requires_grad=True) if bias else None
     lora_a = torch.randn(4, in_features, requires_grad=True)
     lora_b = torch.randn(out_features, 4, requires_grad=True)
     return x, weight, b, lora_a, lora_b
 
 
-def _output_and_grads(fn, tensors):
-    out = fn(*tensors, 0.5)
+def _output_and_grads(fn, tensors, autocast: bool = False):
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        out = fn(*tensors, 0.5)
     targets = [t for t in tensors if t is not None and t.requires_grad]
-    return [out, *torch.autograd.grad((out ** 2).sum(), targets)]
+    return [out, *torch.autograd.grad((out.float() ** 2).sum(), targets)]
 
 
-@pytest.mark.parametrize('features', list(SHAPES), ids=['wider_out', 'wider_in', 'square'])
+@pytest.mark.parametrize('features', list(SHAPES), ids=SHAPE_IDS)
 @pytest.mark.parametrize('x_grad', [True, False], ids=['x_grad', 'no_x_grad'])
 @pytest.mark.parametrize('bias', [True, False], ids=['bias', 'no_bias'])
 @pytest.mark.parametrize('backend', [None, 'aot_eager'], ids=['eager', 'traced'])
@@ -46,9 +52,23 @@ def test_concat_gemm_matches_reference(features, x_grad, bias, backend):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize('features', list(SHAPES), ids=['wider_out', 'wider_in', 'square'])
-def test_concat_gemm_saves_parameters_and_rank_r_tensors_only(features):
-    """What an autograd function saves, inductor keeps (pytorch#177396 before torch 2.12): nothing activation-sized."""
+@pytest.mark.parametrize('features', list(SHAPES), ids=SHAPE_IDS)
+@pytest.mark.parametrize('weight_dtype', [torch.float32, torch.bfloat16], ids=['float32_base', 'bf16_base'])
+def test_concat_gemm_under_autocast_is_within_bf16_rounding_of_the_reference(features, weight_dtype):
+    """bf16 autocast: the concatenated GEMM rounds once where the reference rounds the base and low-rank products
+    apart, so the two agree to bf16 precision, not exactly."""
+    tensors = _layer_inputs(features, True, True, weight_dtype)
+    got = _output_and_grads(CL.lora_linear_compiled, tensors, autocast=True)
+    want = _output_and_grads(lora_linear_reference, tensors, autocast=True)
+    assert got[0].dtype == want[0].dtype == torch.bfloat16
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2 * w.float().abs().max().item())
+
+
+@pytest.mark.parametrize('features', list(SHAPES), ids=SHAPE_IDS)
+def test_concat_gemm_saves_parameters_and_one_rank_r_tensor(features):
+    """What the function itself keeps for backward in eager mode (the design: nothing activation-sized)."""
     x, weight, _, lora_a, lora_b = _layer_inputs(features, True, False)
     params = [nn.Parameter(t.detach(), requires_grad=t.requires_grad) for t in (weight, lora_a, lora_b)]
     x2d = x.reshape(-1, x.shape[-1])
@@ -65,25 +85,71 @@ def test_concat_gemm_saves_parameters_and_rank_r_tensors_only(features):
     assert activations == [(x2d.shape[0], 4)]
 
 
-def test_compiled_layers_route_by_base_and_dropout(monkeypatch, autograd_functions_in):
-    """Float bases without dropout take the function; a quantized base, dropout in training or a trainable base
-    keep plain ops (the concatenated GEMM's dx has no dropout mask, a trainable base needs its full gradient)."""
+def test_compiled_layers_route_by_base_dropout_and_rows(monkeypatch, autograd_functions_in):
+    """Float bases without dropout take the function; a quantized base, dropout in training, a trainable base
+    (it needs its full gradient), fewer than ``CONCAT_MIN_ROWS`` rows or torch < 2.12 keep plain ops."""
     monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', True)
+    monkeypatch.setattr(CL, 'CONCAT_MIN_ROWS', 5)
 
-    def functions(config, train_base=False, training=True):
+    def functions(config, train_base=False, training=True, rows=5):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(16, 16))
         apply_lora(model, dict(r=4, alpha=8, targets=['0'], **config))
         model[0].base_layer.weight.requires_grad_(train_base)
         model.train(training)
         torch._dynamo.reset()
-        return autograd_functions_in(torch._dynamo.explain(model)(torch.randn(5, 16)).graphs[0])
+        return autograd_functions_in(torch._dynamo.explain(model)(torch.randn(rows, 16)).graphs[0])
 
     assert functions({}) == ['LoRAConcatGEMM']
     assert functions(dict(dropout=0.1), training=False) == ['LoRAConcatGEMM']
     assert functions(dict(dropout=0.1)) == []
     assert functions({}, train_base=True) == []
     assert functions(dict(quantize_bits=4)) == []
+    assert functions({}, rows=4) == []
     monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', False)
     assert functions({}) == []
     torch._dynamo.reset()
+
+
+class _CheckpointedLoRA(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 32)
+        apply_lora(self, dict(r=4, alpha=8, targets=['fc']))
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
+        fc = self.fc
+        return CL.lora_linear_compiled(x, fc.base_layer.weight, fc.base_layer.bias, fc.lora_A['default'].weight,
+                                       fc.lora_B['default'].weight, fc.scaling['default']).relu()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._block, x, use_reentrant=False)
+
+
+def test_function_ops_in_checkpointed_blocks_are_recomputed_exactly_where_the_gate_says():
+    """The joint graph AOTAutograd hands the partitioner: the forward ops of ``LoRAConcatGEMM`` inside a checkpointed
+    block carry recompute tags on the torch versions where :data:`AUTOGRAD_FUNCTIONS_RECOMPUTED` is True (without
+    them the block's activations are kept, pytorch#177396), and not where it is False."""
+    tags = []
+
+    def partition(joint, inputs, num_fwd_outputs, **kwargs):
+        outputs = next(node for node in joint.graph.nodes if node.op == 'output').args[0]
+        forward, stack = set(), [out for out in outputs[:num_fwd_outputs] if isinstance(out, torch.fx.Node)]
+        while stack:  # the forward: what the forward outputs are computed from
+            node = stack.pop()
+            if node not in forward:
+                forward.add(node)
+                stack.extend(node.all_input_nodes)
+        tags.extend(node.meta.get('recompute') for node in forward if node.op == 'call_function'
+                    and 'LoRAConcatGEMM' in node.meta.get('stack_trace', ''))
+        return default_partition(joint, inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
+
+    def backend(graph_module, example_inputs):
+        return aot_module_simplified(graph_module, example_inputs, fw_compiler=lambda gm, _: make_boxed_func(gm),
+                                     partition_fn=partition)
+
+    torch._dynamo.reset()
+    torch.compile(_CheckpointedLoRA(), backend=backend)(torch.randn(5, 16)).sum().backward()
+    torch._dynamo.reset()
+    assert tags, 'no forward op of LoRAConcatGEMM found in the joint graph'
+    assert all(tag is not None for tag in tags) == CL.AUTOGRAD_FUNCTIONS_RECOMPUTED, tags

@@ -48,6 +48,7 @@ def test_checkpointed_lora_blocks_compile_to_one_graph_with_eager_numbers(monkey
                                                                           plain_max_rows, bases, concat):
     monkeypatch.setattr(LF, 'PLAIN_MAX_ROWS', plain_max_rows)
     monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', concat)
+    monkeypatch.setattr(CL, 'CONCAT_MIN_ROWS', 0)  # 30 rows here
     torch.manual_seed(0)
     model = _Checkpointed()
     apply_lora(model, dict(r=4, alpha=8, targets=['q', 'k', 'out'], **bases))
