@@ -24,7 +24,13 @@ from opentad_lora.peft import apply_lora  # noqa: E402
 from routing import routed  # noqa: E402  (this folder, on sys.path when run as a script)
 
 
-def kept_bytes_and_step(model: torch.nn.Module, x: torch.Tensor) -> dict:
+def step(model: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+
+
+def kept_bytes_and_peak(model: torch.nn.Module, x: torch.Tensor) -> dict:
     """Saved-for-backward bytes of one step (parameters excluded) and its peak memory over the model (CUDA)."""
     saved = {}
 
@@ -39,9 +45,7 @@ def kept_bytes_and_step(model: torch.nn.Module, x: torch.Tensor) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            out = model(x)
-    out.float().sum().backward()
+        step(model, x)
     row = dict(kept_mb=round(sum(saved.values()) / 2**20, 1), kept_tensors=len(saved))
     if cuda:
         torch.cuda.synchronize()
@@ -68,12 +72,12 @@ def main() -> None:
             run = torch.compile(model) if built == 'compile' else model
             x = torch.randn(batch, 3, arch['img_size'], arch['img_size'], device=device)
             for _ in range(2):  # compile and warm up
-                kept_bytes_and_step(run, x)
-            row = kept_bytes_and_step(run, x)
+                step(run, x)
+            row = kept_bytes_and_peak(run, x)
             times = []
-            for _ in range(iters):
+            for _ in range(iters):  # timed without the counting hooks
                 start = time.perf_counter()
-                kept_bytes_and_step(run, x)
+                step(run, x)
                 if device == 'cuda':
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
