@@ -11,6 +11,9 @@ process (the host's speed moves by ±15 % between processes, more than some of t
   blocks' activations with it: for models without checkpointing only).
 * ``_addmm``: as ``_plaincompiled``, and the plain ops add the low-rank product with ``addmm`` as eager ones do
   (session 11).
+* ``_bnbdequant``: 4-bit weights dequantized by bitsandbytes' op everywhere (``OPENTAD_LORA_DEQUANT_KERNEL=bnb``;
+  compiled: instead of torch ops inductor fuses, the routing before session 14). Combines with the others, written
+  last: ``ours_qlora4_compile_plaincompiled_bnbdequant``.
 
     python benchmarks/profile_step.py --model ours --modes floor,ours_lora,ours_lora_notriton,ours_lora_plain
 """
@@ -24,13 +27,17 @@ from opentad_lora.peft import compiled_lora as CL
 from opentad_lora.peft import functional as LF
 
 SUFFIXES = ('_notriton', '_plain', '_fusedcompiled', '_addmm', '_plaincompiled', '_concatcompiled')
+DEQUANT_SUFFIX = '_bnbdequant'
 
 
-def _split(mode: str) -> Tuple[str, str]:
+def _split(mode: str) -> Tuple[str, str, bool]:
+    """``(mode, routing suffix, whether _bnbdequant)``."""
+    bnb_dequant = mode.endswith(DEQUANT_SUFFIX)
+    mode = mode[:-len(DEQUANT_SUFFIX)] if bnb_dequant else mode
     for suffix in SUFFIXES:
         if mode.endswith(suffix):
-            return mode[:-len(suffix)], suffix
-    return mode, ''
+            return mode[:-len(suffix)], suffix, bnb_dequant
+    return mode, '', bnb_dequant
 
 
 def _eager_rule(x, dropout_p: float, training: bool) -> bool:
@@ -50,10 +57,13 @@ def _addmm(base_out, xa, lora_b, scaling: float):
 def routed(mode: str) -> Iterator[str]:
     """Route the layers as ``mode``'s suffix says while the block runs (build and time the model inside it); yields
     the mode without the suffix."""
-    base, suffix = _split(mode)
+    base, suffix, bnb_dequant = _split(mode)
     saved = (os.environ.get('OPENTAD_LORA_DROPOUT_KERNEL'), LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank,
              CL.applies, CL.AUTOGRAD_FUNCTIONS_RECOMPUTED)
+    saved_dequant = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL')
     try:
+        if bnb_dequant:
+            os.environ['OPENTAD_LORA_DEQUANT_KERNEL'] = 'bnb'
         if suffix == '_notriton':
             os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = 'torch'
         elif suffix == '_plain':
@@ -68,9 +78,10 @@ def routed(mode: str) -> Iterator[str]:
             CL.AUTOGRAD_FUNCTIONS_RECOMPUTED = True
         yield base
     finally:
-        if saved[0] is None:
-            os.environ.pop('OPENTAD_LORA_DROPOUT_KERNEL', None)
-        else:
-            os.environ['OPENTAD_LORA_DROPOUT_KERNEL'] = saved[0]
+        for name, value in (('OPENTAD_LORA_DROPOUT_KERNEL', saved[0]), ('OPENTAD_LORA_DEQUANT_KERNEL', saved_dequant)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         (LF.PLAIN_MAX_ROWS, LF.use_plain_path, LF.add_low_rank, CL.applies,
          CL.AUTOGRAD_FUNCTIONS_RECOMPUTED) = saved[1:]

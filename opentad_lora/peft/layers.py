@@ -212,8 +212,7 @@ class LoRALinear(LoRALayer):
         if self.fused and LF.use_plain_path(x, dropout_p, self.training):
             x = x if input_fn is None else input_fn(x)  # few rows, or compiled: inductor recomputes it
             if CL.applies(self.base_layer, x, dropout_p, self.training):
-                return CL.lora_linear_compiled(x, self.base_layer.weight, self.base_layer.bias, lora_a, lora_b,
-                                               scaling)
+                return CL.lora_linear_compiled(x, self.base_layer, lora_a, lora_b, scaling)
             quantized = is_quantized(self.base_layer)
             base_forward = partial(dequantizing_linear, self.base_layer) if quantized else self._base_forward
             return LF.lora_linear_plain(x, base_forward, lora_a, lora_b, scaling, dropout_p, self.training)

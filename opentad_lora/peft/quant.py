@@ -4,7 +4,8 @@ bitsandbytes quantizes a ``Params4bit``/``Int8Params`` when it is moved to a dev
 bitsandbytes >= 0.45, so QLoRA is tested without a GPU. The import is lazy: a float-only user never loads bnb.
 
 4-bit weights are dequantized on CUDA by :mod:`.nf4_kernels` (one Triton launch, bitsandbytes' bits, written
-straight into the fused function's ``[W | sB]``), elsewhere and inside ``torch.compile`` by bitsandbytes' ops.
+straight into the fused function's ``[W | sB]``), inside ``torch.compile`` by torch ops inductor fuses, elsewhere by
+bitsandbytes' ops.
 On an H200 the kernel took no more GPU time than bitsandbytes' three launches in a whole QLoRA-4 step and issued
 228 (ViT-B) and 608 (ViT-H) fewer kernels per step, which the host-bound eager step feels
 (benchmarks/RESULTS.md, session 9). ``OPENTAD_LORA_DEQUANT_KERNEL=bnb`` keeps bitsandbytes' ops everywhere;
@@ -149,7 +150,8 @@ def code_table(quant_type: str, device: torch.device) -> Tensor:
         code = get_4bit_type(quant_type, device=device).float()
         if quant_type == 'fp4':
             code[8] = -0.0
-        _CODES[(quant_type, device)] = code
+        if not torch.compiler.is_compiling():  # a graph makes its own (dynamo does not let it escape a function)
+            _CODES[(quant_type, device)] = code
     return code
 
 
@@ -157,21 +159,33 @@ def _dequantize_4bit_flat(packed: Tensor, absmax: Tensor, state, dtype: torch.dt
     """bitsandbytes' 4-bit dequantization in torch ops, with blocks over the flattened weight as its CUDA and scalar
     CPU kernels take them: ``code[nibble] * absmax[block]`` in float32, rounded once to ``dtype``.
 
-    Used on CPU where a row is not whole blocks: there bitsandbytes 0.50's AVX-512 op, which takes blocks row by row,
-    returns wrong values (a relative error of ~1; tests/test_peft/test_quant_dequantize.py)."""
+    Used inside ``torch.compile`` and on CPU where a row is not whole blocks: there bitsandbytes 0.50's AVX-512 op,
+    which takes blocks row by row, returns wrong values (a relative error of ~1; tests/test_peft/test_quant_dequantize.py).
+    One multiply per value, so no fused multiply-add can round it otherwise."""
     count, blocksize = state.shape.numel(), state.blocksize
     data = packed.reshape(-1).view(torch.uint8)
-    nibbles = torch.stack((data >> 4, data & 15), dim=1).reshape(-1)[:count]
+    shifts = torch.tensor([4, 0], dtype=torch.uint8, device=data.device)  # a broadcast, which inductor recomputes
+    nibbles = ((data.unsqueeze(1) >> shifts) & 15).reshape(-1)[:count]
     values = code_table(state.quant_type, packed.device)[nibbles.long()]
     blocks = -(-count // blocksize)
     values = torch.nn.functional.pad(values, (0, blocks * blocksize - count)).view(blocks, blocksize)
     return (values * absmax[:blocks, None]).reshape(-1)[:count].view(state.shape).to(dtype)
 
 
+def _dequantize_4bit_in_torch_ops(weight: Tensor, state) -> bool:
+    """Whether :func:`_dequantize_4bit_flat` serves a 4-bit weight: inside ``torch.compile`` (inductor fuses it into
+    what reads the weight, e.g. the concatenated ``[W | B]`` of :mod:`.compiled_lora`, and can recompute it;
+    ``OPENTAD_LORA_DEQUANT_KERNEL=bnb`` keeps bitsandbytes' op there too), and on CPU where a row is not whole
+    blocks."""
+    if torch.compiler.is_compiling():
+        return os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'kernel') != 'bnb'
+    return weight.device.type == 'cpu' and state.shape[-1] % state.blocksize != 0
+
+
 def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
     """``bnb.functional.dequantize_4bit(weight, quant_state).to(dtype)``: one Triton launch where
-    :func:`_dequant_kernel_applies`, else one 4-bit bitsandbytes op producing ``dtype`` (copied into ``out``; on CPU
-    where a row is not whole blocks, :func:`_dequantize_4bit_flat`).
+    :func:`_dequant_kernel_applies`, else one 4-bit bitsandbytes op producing ``dtype`` (copied into ``out``), or
+    :func:`_dequantize_4bit_flat` where :func:`_dequantize_4bit_in_torch_ops`.
 
     bitsandbytes' CPU and CUDA kernels compute each value as a float32 product and round it once to the output
     dtype, so asking them for ``dtype`` equals the float32 result cast. A state of another dtype (a layer quantized
@@ -191,7 +205,7 @@ def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor]
         absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax, nested.absmax, nested.code,
                                                                      nested.blocksize, torch.float32)
         absmax += state.offset
-    if weight.device.type == 'cpu' and state.shape[-1] % state.blocksize:
+    if _dequantize_4bit_in_torch_ops(weight, state):
         result = _dequantize_4bit_flat(weight.data, absmax, state, out_dtype)
     else:
         result = torch.ops.bitsandbytes.dequantize_4bit.default(weight.data, absmax, state.blocksize,

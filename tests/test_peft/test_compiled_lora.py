@@ -7,7 +7,7 @@ from torch._functorch.aot_autograd import aot_module_simplified, make_boxed_func
 from torch._functorch.partitioners import default_partition
 from torch.utils.checkpoint import checkpoint
 
-from opentad_lora.peft import apply_lora
+from opentad_lora.peft import apply_lora, dequantize_weight, quantize_linear
 from opentad_lora.peft import compiled_lora as CL
 from opentad_lora.peft.functional import lora_linear_reference
 
@@ -27,6 +27,19 @@ def _layer_inputs(features, x_grad: bool, bias: bool, weight_dtype=torch.float32
     return x, weight, b, lora_a, lora_b
 
 
+def _as_layer(weight: torch.Tensor, bias) -> nn.Linear:
+    """A linear layer holding ``weight`` and ``bias`` themselves (not copies), so gradients reach the test's tensors."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    del layer.weight, layer.bias
+    layer.weight, layer.bias = weight, bias
+    return layer
+
+
+def _on_layer(fn):
+    """``fn(x, layer, a, b, s)`` called as the reference is, ``(x, weight, bias, a, b, s)``."""
+    return lambda x, weight, bias, lora_a, lora_b, scaling: fn(x, _as_layer(weight, bias), lora_a, lora_b, scaling)
+
+
 def _output_and_grads(fn, tensors, autocast: bool = False):
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         out = fn(*tensors, 0.5)
@@ -43,7 +56,7 @@ def test_concat_gemm_matches_reference(features, x_grad, bias, backend):
     tensors = _layer_inputs(features, x_grad, bias)
     fn = CL.lora_linear_compiled if backend is None else torch.compile(CL.lora_linear_compiled, backend=backend,
                                                                       fullgraph=True)
-    got = _output_and_grads(fn, tensors)
+    got = _output_and_grads(_on_layer(fn), tensors)
     want = _output_and_grads(lora_linear_reference, tensors)
     assert len(got) == len(want)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
@@ -58,7 +71,7 @@ def test_concat_gemm_under_autocast_is_within_bf16_rounding_of_the_reference(fea
     """bf16 autocast: the concatenated GEMM rounds once where the reference rounds the base and low-rank products
     apart, so the two agree to bf16 precision, not exactly."""
     tensors = _layer_inputs(features, True, True, weight_dtype)
-    got = _output_and_grads(CL.lora_linear_compiled, tensors, autocast=True)
+    got = _output_and_grads(_on_layer(CL.lora_linear_compiled), tensors, autocast=True)
     want = _output_and_grads(lora_linear_reference, tensors, autocast=True)
     assert got[0].dtype == want[0].dtype == torch.bfloat16
     for g, w in zip(got, want):
@@ -67,12 +80,13 @@ def test_concat_gemm_under_autocast_is_within_bf16_rounding_of_the_reference(fea
 
 
 @pytest.mark.parametrize('features', list(SHAPES), ids=SHAPE_IDS)
-def test_concat_gemm_saves_parameters_and_one_rank_r_tensor(features):
-    """What the function itself keeps for backward in eager mode (the design: nothing activation-sized)."""
+def test_concat_gemm_saves_the_adapter_and_one_rank_r_tensor(features):
+    """What the function itself keeps for backward in eager mode (the design: nothing activation- or weight-sized;
+    the frozen weight is read from the layer again in backward)."""
     x, weight, _, lora_a, lora_b = _layer_inputs(features, True, False)
-    params = [nn.Parameter(t.detach(), requires_grad=t.requires_grad) for t in (weight, lora_a, lora_b)]
+    lora_a, lora_b = (nn.Parameter(t.detach()) for t in (lora_a, lora_b))
     x2d = x.reshape(-1, x.shape[-1])
-    xa = x2d.detach() @ params[1].t()
+    xa = x2d.detach() @ lora_a.t()
     saved = []
 
     def pack(tensor):
@@ -80,13 +94,59 @@ def test_concat_gemm_saves_parameters_and_one_rank_r_tensor(features):
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        CL.LoRAConcatGEMM.apply(x2d, xa, *params, 0.5, *CL.concat_directions(*features))
-    activations = [tuple(t.shape) for t in saved if not any(t is p for p in params)]
-    assert activations == [(x2d.shape[0], 4)]
+        CL.LoRAConcatGEMM.apply(x2d, xa, _as_layer(weight, None), lora_a, lora_b, 0.5,
+                                *CL.concat_directions(*features))
+    assert [t is xa for t in saved] == [True, False, False] and saved[1] is lora_a and saved[2] is lora_b
+
+
+@pytest.mark.parametrize('bits', [4, 8])
+@pytest.mark.parametrize('backend', [None, 'aot_eager'], ids=['eager', 'traced'])
+def test_concat_gemm_on_a_quantized_base_matches_the_reference_on_its_dequantized_weight(bits, backend):
+    """A bitsandbytes base is dequantized inside the function (torch ops when traced); the reference gets the same
+    dequantized weight as a float tensor. Both directions of concatenation (the 128->64 layer concatenates backward)."""
+    for features in ((64, 128), (128, 64)):
+        x, weight, bias, lora_a, lora_b = _layer_inputs(features, True, True)
+        layer = quantize_linear(_as_layer(weight, None), bits)
+        del layer.bias
+        layer.bias = bias
+        fn = CL.lora_linear_compiled if backend is None else torch.compile(CL.lora_linear_compiled, backend=backend,
+                                                                          fullgraph=True)
+        got = _output_and_grads(lambda x, _w, _b, a, b, s: fn(x, layer, a, b, s), (x, None, bias, lora_a, lora_b))
+        want = _output_and_grads(lora_linear_reference, (x, dequantize_weight(layer), bias, lora_a, lora_b))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize('bases', [{}, dict(quantize_bits=4), dict(quantize_bits=8)], ids=['float', 'qlora4', 'qlora8'])
+def test_compiled_layers_keep_nothing_weight_sized_for_backward(monkeypatch, bases):
+    """Whole-compiled with the partitioner inductor uses: what autograd keeps is activations, the adapters and small
+    statistics (4-bit absmax), never a cast, dequantized or concatenated copy of a frozen weight (the backward's
+    ``[W | sB]`` differs from forward's ``[W | B]``: one shared node would be kept, as the partitioner never
+    recomputes what a matrix product reads in backward)."""
+    monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', True)
+    monkeypatch.setattr(CL, 'CONCAT_MIN_ROWS', 0)
+    torch.manual_seed(0)
+    rows, weight_numel = 40, 64 * 128
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
+    apply_lora(model, dict(r=4, alpha=8, targets=['0', '2'], **bases))
+    x = torch.randn(rows, 64, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager_decomp_partition', fullgraph=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = compiled(x)
+    out.float().sum().backward()
+    torch._dynamo.reset()
+    assert model[0].lora_B['default'].weight.grad is not None
+    not_activations = [(tuple(t.shape), t.dtype) for t in kept if t.shape[0] != rows]
+    assert not_activations and all(torch.Size(shape).numel() <= weight_numel // 16 for shape, _ in not_activations), \
+        not_activations
 
 
 def test_compiled_layers_route_by_base_dropout_and_rows(monkeypatch, autograd_functions_in):
-    """Float bases without dropout take the function; a quantized base, dropout in training, a trainable base
+    """Frozen bases (float or quantized) without dropout take the function; dropout in training, a trainable base
     (it needs its full gradient), fewer than ``CONCAT_MIN_ROWS`` rows or torch < 2.12 keep plain ops."""
     monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', True)
     monkeypatch.setattr(CL, 'CONCAT_MIN_ROWS', 5)
@@ -104,7 +164,7 @@ def test_compiled_layers_route_by_base_dropout_and_rows(monkeypatch, autograd_fu
     assert functions(dict(dropout=0.1), training=False) == ['LoRAConcatGEMM']
     assert functions(dict(dropout=0.1)) == []
     assert functions({}, train_base=True) == []
-    assert functions(dict(quantize_bits=4)) == []
+    assert functions(dict(quantize_bits=4)) == ['LoRAConcatGEMM']
     assert functions({}, rows=4) == []
     monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', False)
     assert functions({}) == []
@@ -119,8 +179,8 @@ class _CheckpointedLoRA(nn.Module):
 
     def _block(self, x: torch.Tensor) -> torch.Tensor:
         fc = self.fc
-        return CL.lora_linear_compiled(x, fc.base_layer.weight, fc.base_layer.bias, fc.lora_A['default'].weight,
-                                       fc.lora_B['default'].weight, fc.scaling['default']).relu()
+        return CL.lora_linear_compiled(x, fc.base_layer, fc.lora_A['default'].weight, fc.lora_B['default'].weight,
+                                       fc.scaling['default']).relu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return checkpoint(self._block, x, use_reentrant=False)
