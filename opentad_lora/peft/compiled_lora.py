@@ -28,8 +28,9 @@ from .quant import dequantize_weight, is_quantized
 # torch >= 2.12 tags the ops of autograd functions inside checkpointed regions for recomputation (pytorch#177396;
 # tests/test_peft/test_compiled_lora.py checks the tags); a 2.12 pre-release may predate the fix
 AUTOGRAD_FUNCTIONS_RECOMPUTED = torch.__version__ >= (2, 12)
-# Fewer rows keep plain ops: the concatenations copy W (free when autocast casts it anyway), which the activation
-# passes they save outweigh only for many rows; measured on ViT steps of 12288 rows and more
+# Float bases of fewer rows keep plain ops: the concatenations copy W (free when autocast casts it anyway), which the
+# activation passes they save outweigh only for many rows; measured on ViT steps of 12288 rows and more. Quantized
+# bases take the function at any rows: dequantization writes W either way, and plain ops keep that copy for backward
 CONCAT_MIN_ROWS = 8192
 
 
@@ -50,8 +51,8 @@ def frozen_weight(base_layer: nn.Module, dtype: torch.dtype) -> Tensor:
 
 
 class LoRAConcatGEMM(torch.autograd.Function):
-    """``x @ Wᵀ + s·xa @ Bᵀ`` for the frozen weight ``W`` of ``base_layer`` and ``xa = x @ Aᵀ`` made by the caller
-    from the detached ``x``.
+    """``x @ Wᵀ + s·xa @ Bᵀ`` for the frozen weight ``W`` of ``base_layer`` and ``xa = x @ Aᵀ`` made by the
+    caller from the detached ``x``.
 
     Gradients: ``x`` gets ``dy W + s·g A`` (``g = dy B``), ``xa`` gets ``s·g`` (the caller's op turns it into
     ``A``'s gradient), ``B`` gets ``s·dyᵀ xa``; ``W`` and the ``A`` passed here (read for ``dx`` only) get none.
@@ -94,11 +95,11 @@ class LoRAConcatGEMM(torch.autograd.Function):
 
 def applies(base_layer: nn.Module, x: Tensor, dropout_p: float, training: bool) -> bool:
     """Whether :func:`lora_linear_compiled` serves a layer's call on ``x``: while compiling on torch >= 2.12, for a
-    frozen base (float or quantized), without dropout in training (its mask would enter ``dx``, which the
-    concatenated GEMM computes without it), from :data:`CONCAT_MIN_ROWS` rows."""
+    frozen base, without dropout in training (its mask would enter ``dx``, which the concatenated GEMM computes
+    without it); a float base from :data:`CONCAT_MIN_ROWS` rows, a quantized one at any."""
     return (AUTOGRAD_FUNCTIONS_RECOMPUTED and torch.compiler.is_compiling()
             and not base_layer.weight.requires_grad and not (dropout_p > 0.0 and training)
-            and x.numel() >= CONCAT_MIN_ROWS * x.shape[-1])
+            and (is_quantized(base_layer) or x.numel() >= CONCAT_MIN_ROWS * x.shape[-1]))
 
 
 def lora_linear_compiled(x: Tensor, base_layer: nn.Module, lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:

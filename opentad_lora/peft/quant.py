@@ -159,9 +159,9 @@ def _dequantize_4bit_flat(packed: Tensor, absmax: Tensor, state, dtype: torch.dt
     """bitsandbytes' 4-bit dequantization in torch ops, with blocks over the flattened weight as its CUDA and scalar
     CPU kernels take them: ``code[nibble] * absmax[block]`` in float32, rounded once to ``dtype``.
 
-    Used inside ``torch.compile`` and on CPU where a row is not whole blocks: there bitsandbytes 0.50's AVX-512 op,
-    which takes blocks row by row, returns wrong values (a relative error of ~1; tests/test_peft/test_quant_dequantize.py).
-    One multiply per value, so no fused multiply-add can round it otherwise."""
+    Used inside ``torch.compile`` (one multiply per value: no fused multiply-add can round it otherwise) and on CPU
+    where a row is not whole blocks: there bitsandbytes 0.50's AVX-512 op, which takes blocks row by row, returns
+    wrong values (a relative error of ~1; tests/test_peft/test_quant_dequantize.py)."""
     count, blocksize = state.shape.numel(), state.blocksize
     data = packed.reshape(-1).view(torch.uint8)
     shifts = torch.tensor([4, 0], dtype=torch.uint8, device=data.device)  # a broadcast, which inductor recomputes

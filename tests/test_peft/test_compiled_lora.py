@@ -147,7 +147,7 @@ def test_compiled_layers_keep_nothing_weight_sized_for_backward(monkeypatch, bas
 
 def test_compiled_layers_route_by_base_dropout_and_rows(monkeypatch, autograd_functions_in):
     """Frozen bases (float or quantized) without dropout take the function; dropout in training, a trainable base
-    (it needs its full gradient), fewer than ``CONCAT_MIN_ROWS`` rows or torch < 2.12 keep plain ops."""
+    (it needs its full gradient), a float base of fewer than ``CONCAT_MIN_ROWS`` rows or torch < 2.12 keep plain ops."""
     monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', True)
     monkeypatch.setattr(CL, 'CONCAT_MIN_ROWS', 5)
 
@@ -166,6 +166,7 @@ def test_compiled_layers_route_by_base_dropout_and_rows(monkeypatch, autograd_fu
     assert functions({}, train_base=True) == []
     assert functions(dict(quantize_bits=4)) == ['LoRAConcatGEMM']
     assert functions({}, rows=4) == []
+    assert functions(dict(quantize_bits=4), rows=4) == ['LoRAConcatGEMM']  # dequantization writes W anyway
     monkeypatch.setattr(CL, 'AUTOGRAD_FUNCTIONS_RECOMPUTED', False)
     assert functions({}) == []
     torch._dynamo.reset()

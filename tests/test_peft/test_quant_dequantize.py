@@ -120,3 +120,15 @@ def test_dequantize_weight_dispatches_few_ops(bits, kwargs, dtype, expected, op_
     with op_log as log:
         dequantize_weight(layer, dtype)
     assert log.ops == expected
+
+
+@pytest.mark.parametrize('quant_type, double_quant, dtype',
+                         [('nf4', True, torch.bfloat16), ('fp4', False, torch.float32)])
+def test_4bit_dequantization_compiled_by_inductor_is_bit_identical_to_bnb(quant_type, double_quant, dtype):
+    """Inside ``torch.compile`` the 4-bit weight is dequantized by torch ops that inductor generates code for; the
+    values keep bitsandbytes' bits (a fused multiply-add, or any other rounding, would show)."""
+    layer = quantize_linear(_float_layer(48, 64), 4, quant_type, double_quant)
+    torch._dynamo.reset()
+    got = torch.compile(lambda: dequantize_weight(layer, dtype), fullgraph=True)()
+    torch._dynamo.reset()
+    assert torch.equal(_bits(got), _bits(bnb.functional.dequantize_4bit(layer.weight.data, _state(layer)).to(dtype)))
