@@ -8,6 +8,7 @@ Modes: ``eager`` or ``compile`` with a suffix of ``routing.py`` (e.g. ``compile_
 ``compile_concatcompiled``). Only a GPU has shown the difference; CPU runs check the script.
 
     python benchmarks/checkpointed_compile_memory.py --modes eager,compile,compile_plaincompiled,compile_concatcompiled
+    python benchmarks/checkpointed_compile_memory.py --quantize-bits 4   # QLoRA-4 bases
 """
 import argparse
 import json
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument('--modes', default='eager,compile,compile_plaincompiled')
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--iters', type=int, default=10)
+    parser.add_argument('--quantize-bits', type=int, choices=(4, 8), help='QLoRA bases (default: float)')
     parser.add_argument('--cpu-smoke', action='store_true', help='a 2-block ViT on 64x64 images, on CPU')
     args = parser.parse_args()
     device = 'cpu' if args.cpu_smoke else 'cuda'
@@ -67,7 +69,8 @@ def main() -> None:
         with routed(mode) as built:
             torch.manual_seed(0)
             model = VisionTransformer(out_type='cls', patch_size=16, embed_dim=384, num_heads=6, with_cp=True, **arch)
-            apply_lora(model, dict(r=16, alpha=32, targets=['qkv', 'proj', 'fc1', 'fc2']))
+            apply_lora(model, dict(r=16, alpha=32, targets=['qkv', 'proj', 'fc1', 'fc2'],
+                                   quantize_bits=args.quantize_bits))
             model = model.to(device).train()
             run = torch.compile(model) if built == 'compile' else model
             x = torch.randn(batch, 3, arch['img_size'], arch['img_size'], device=device)
@@ -82,8 +85,8 @@ def main() -> None:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
             model.zero_grad(set_to_none=True)
-        print(json.dumps(dict(mode=mode, batch=batch, **row, step_ms=round(statistics.median(times) * 1e3, 2),
-                              torch=torch.__version__)), flush=True)
+        print(json.dumps(dict(mode=mode, bits=args.quantize_bits, batch=batch, **row,
+                              step_ms=round(statistics.median(times) * 1e3, 2), torch=torch.__version__)), flush=True)
         torch._dynamo.reset()
 
 
