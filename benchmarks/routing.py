@@ -6,8 +6,8 @@ process (the host's speed moves by ±15 % between processes, more than some of t
 * ``_plain``: every eager layer on plain autograd ops (``PLAIN_MAX_ROWS`` raised), as small layers are.
 * ``_fusedcompiled``: the fused function kept inside ``torch.compile`` (the routing before session 11, which
   ``functional.use_plain_path`` replaced); for a compiled mode, e.g. ``ours_lora_compile_fusedcompiled``.
-* ``_plaincompiled``: compiled float layers on plain ops instead of ``compiled_lora.LoRAConcatGEMM`` (session 12).
-* ``_concatcompiled``: compiled float layers on ``LoRAConcatGEMM`` also on torch < 2.12 (which keeps checkpointed
+* ``_plaincompiled``: compiled layers on plain ops instead of ``compiled_lora.LoRAConcatGEMM`` (session 12).
+* ``_concatcompiled``: compiled layers on ``LoRAConcatGEMM`` also on torch < 2.12 (which keeps checkpointed
   blocks' activations with it: for models without checkpointing only).
 * ``_addmm``: as ``_plaincompiled``, and the plain ops add the low-rank product with ``addmm`` as eager ones do
   (session 11).

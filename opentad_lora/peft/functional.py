@@ -8,8 +8,8 @@ Two implementations of ``y = x @ W.T + b + dropout(x) @ A.T @ B.T * s`` with ide
   ``dropout(x) @ A.T``. With dropout it keeps the generator state, not the mask nor the dropped-out copy, and draws
   the mask again in backward: LoRA dropout costs no memory (:mod:`.lora_dropout`). The frozen base weight gets no
   gradient, so no activation is kept for it; a float base's compute-dtype copy is kept as autocast would, a
-  quantized base is dequantized again in backward as bitsandbytes does. Eager only: inside ``torch.compile`` float
-  layers take :mod:`.compiled_lora` (torch >= 2.12), the others plain autograd ops (:func:`use_plain_path`).
+  quantized base is dequantized again in backward as bitsandbytes does. Eager only: inside ``torch.compile`` layers
+  on frozen bases take :mod:`.compiled_lora` (torch >= 2.12), the others plain autograd ops (:func:`use_plain_path`).
 
 The low-rank product is added inside the base GEMM by concatenating along the reduction dimension:
 ``x @ W.T + (x A.T) @ (s B).T == [x | x A.T] @ [W | s B].T`` and ``dy @ W + g @ A == [dy | g] @ [W ; A]``. One
@@ -308,8 +308,8 @@ PLAIN_MAX_ROWS = 8192
 
 
 def use_plain_path(x: Tensor, dropout_p: float, training: bool) -> bool:
-    """Whether the fused function is skipped: always inside ``torch.compile`` (where float layers without dropout
-    take :mod:`.compiled_lora` on torch >= 2.12 and the others :func:`lora_linear_plain`), else few rows and no
+    """Whether the fused function is skipped: always inside ``torch.compile`` (where frozen-base layers without
+    dropout take :mod:`.compiled_lora` on torch >= 2.12 and the others :func:`lora_linear_plain`), else few rows and no
     dropout (whose mask it would keep) take :func:`lora_linear_plain`.
 
     Compiled, plain autograd ops are what inductor can fuse and recompute. Through the fused autograd function it

@@ -112,14 +112,20 @@ _KERNEL_CHOICES = ('bnb', 'kernel', 'interpret')
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _dequant_choice() -> str:
+    """``OPENTAD_LORA_DEQUANT_KERNEL`` (default ``'kernel'``), checked against :data:`_KERNEL_CHOICES`."""
+    choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'kernel')
+    if choice not in _KERNEL_CHOICES:
+        raise ValueError(f'OPENTAD_LORA_DEQUANT_KERNEL={choice!r}: use one of {_KERNEL_CHOICES} (or leave it unset).')
+    return choice
+
+
 def _dequant_kernel_applies(weight: Tensor, state, dtype: torch.dtype, out: Optional[Tensor]) -> bool:
     """Whether :mod:`.nf4_kernels` serves this weight: not turned off (``=kernel``, the default: CUDA;
     ``=interpret``: CUDA and CPU),
     Triton installed, contiguous uint8 storage of a 2-D weight, a float output dtype, int32 offsets (weight and
     ``out``), not inside ``torch.compile``. ``=interpret`` on CPU without Triton's interpreter is an error."""
-    choice = os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'kernel')
-    if choice not in _KERNEL_CHOICES:
-        raise ValueError(f'OPENTAD_LORA_DEQUANT_KERNEL={choice!r}: use one of {_KERNEL_CHOICES} (or leave it unset).')
+    choice = _dequant_choice()
     device = weight.device.type
     if choice == 'bnb' or not (device == 'cuda' or (device == 'cpu' and choice == 'interpret')):
         return False
@@ -178,7 +184,7 @@ def _dequantize_4bit_in_torch_ops(weight: Tensor, state) -> bool:
     ``OPENTAD_LORA_DEQUANT_KERNEL=bnb`` keeps bitsandbytes' op there too), and on CPU where a row is not whole
     blocks."""
     if torch.compiler.is_compiling():
-        return os.environ.get('OPENTAD_LORA_DEQUANT_KERNEL', 'kernel') != 'bnb'
+        return _dequant_choice() != 'bnb'
     return weight.device.type == 'cpu' and state.shape[-1] % state.blocksize != 0
 
 
