@@ -218,7 +218,16 @@ def _dequantize_4bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor]
                                                                 state.quant_type, state.shape, out_dtype)
     if out is not None:
         return out.copy_(result)
-    return result if out_dtype == dtype else result.to(dtype)
+    return result if out_dtype == dtype else _kept_rounding(result).to(dtype)
+
+
+def _kept_rounding(tensor: Tensor) -> Tensor:
+    """``tensor`` whose 16-bit rounding survives the ops fused after it: inductor computes fused 16-bit values in
+    float32 and rounds only what it stores, so compiled ``.to(bfloat16).to(float32)`` returns the unrounded value.
+    An integer op on the bits (``| 0``) needs the rounded ones. A no-op in eager and for other dtypes."""
+    if not torch.compiler.is_compiling() or tensor.element_size() != 2:
+        return tensor
+    return (tensor.view(torch.int16) | 0).view(tensor.dtype)
 
 
 def _dequantize_8bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor] = None) -> Tensor:
@@ -232,7 +241,8 @@ def _dequantize_8bit(layer: nn.Module, dtype: torch.dtype, out: Optional[Tensor]
     # compiled: inductor fuses the column into the multiply (and dynamo cannot trace is_inference); inference
     # tensors have no version counter to check a cached column against
     if torch.compiler.is_compiling() or scales.is_inference():
-        return torch.mul(layer.weight.data, (scales.to(dtype) / 127.0).unsqueeze(1), out=out)
+        column = _kept_rounding(_kept_rounding(scales.to(dtype)) / 127.0)  # eager's two roundings
+        return torch.mul(layer.weight.data, column.unsqueeze(1), out=out)
     cache = layer.__dict__.get('_dequant_scale_columns')
     if cache is None or cache[0] is not scales or cache[1] != scales._version:
         cache = layer.__dict__['_dequant_scale_columns'] = (scales, scales._version, {})

@@ -122,13 +122,17 @@ def test_dequantize_weight_dispatches_few_ops(bits, kwargs, dtype, expected, op_
     assert log.ops == expected
 
 
-@pytest.mark.parametrize('quant_type, double_quant, dtype',
-                         [('nf4', True, torch.bfloat16), ('fp4', False, torch.float32)])
-def test_4bit_dequantization_compiled_by_inductor_is_bit_identical_to_bnb(quant_type, double_quant, dtype):
-    """Inside ``torch.compile`` the 4-bit weight is dequantized by torch ops that inductor generates code for; the
-    values keep bitsandbytes' bits (a fused multiply-add, or any other rounding, would show)."""
-    layer = quantize_linear(_float_layer(48, 64), 4, quant_type, double_quant)
+@pytest.mark.parametrize('bits, quant_type, state_dtype, dtype', [
+    (4, 'nf4', None, torch.bfloat16), (4, 'fp4', None, torch.float32),
+    (4, 'nf4', torch.bfloat16, torch.float32),  # bitsandbytes' bf16 values cast up: their rounding must stay
+    (8, None, None, torch.bfloat16), (8, None, torch.float16, torch.float16)])  # the scale column's two roundings
+def test_dequantization_compiled_by_inductor_is_bit_identical_to_eager(bits, quant_type, state_dtype, dtype):
+    """Inside ``torch.compile`` the weight is dequantized by torch ops that inductor generates code for; the values
+    keep the eager bits (bitsandbytes' for 4-bit): a fused multiply-add, or a 16-bit rounding that inductor's
+    float32 arithmetic drops, would show."""
+    layer = quantize_linear(_float_layer(48, 64), bits, quant_type or 'nf4', True, state_dtype)
     torch._dynamo.reset()
     got = torch.compile(lambda: dequantize_weight(layer, dtype), fullgraph=True)()
     torch._dynamo.reset()
-    assert torch.equal(_bits(got), _bits(bnb.functional.dequantize_4bit(layer.weight.data, _state(layer)).to(dtype)))
+    want = _old_4bit(layer, dtype, None) if bits == 4 else _old_8bit(layer, dtype)
+    assert torch.equal(_bits(got), _bits(want))
