@@ -6,7 +6,9 @@ torch's mask (``OPENTAD_LORA_DROPOUT_KERNEL=torch``, the reference's stream); th
 Triton dropout kernels with the reference maths on the kernels' own mask; the ``kernel_prologue`` cases compare the
 gradients of a layer whose dA kernel applies its input function (LayerNorm, GELU) with those of the same layer
 applying it again in memory (same dropout seed); the ``_fn_kernel_args`` cases a layer whose input function a kernel
-writes into its operand with the same layer using torch's function and a cast.
+writes into its operand with the same layer using torch's function and a cast. The ``compiled_concat`` cases
+compare a layer compiled by inductor on ``LoRAConcatGEMM`` with the eager reference, the ``compiled_dequant`` ones
+the dequantized weight of compiled code with eager's, bit for bit.
 """
 import json
 import os
@@ -17,7 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from opentad_lora.peft import apply_lora  # noqa: E402
+from opentad_lora.peft import compiled_lora as CL  # noqa: E402
 from opentad_lora.peft import functional as LF  # noqa: E402
+from opentad_lora.peft.quant import dequantize_weight  # noqa: E402
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,6 +79,66 @@ def run_kernel_case(autocast: bool, features=(1024, 4096), rows: int = 1576, p: 
                 grad_A=rel(got[1], want[1]), grad_B=rel(got[2], want[2]))
 
 
+def run_compiled_case(bits, autocast: bool, features=(1024, 4096), rows: int = 8 * 1100,
+                      device: str = 'cuda') -> dict:
+    """The layer compiled by inductor on ``LoRAConcatGEMM`` (forced where torch < 2.12), against the reference ops in
+    eager mode; ``concat_calls`` counts the function's traced calls (0 would mean another path was timed)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(*features)).to(device)
+    apply_lora(model, dict(r=16, alpha=32, targets=['0'], dropout=0.0, quantize_bits=bits,
+                           compute_dtype='bf16' if bits else None))
+    layer = model[0]
+    with torch.no_grad():
+        layer.lora_B['default'].weight.normal_(0, 0.02)
+    x = torch.randn(8, rows // 8, features[0], device=device, requires_grad=True)
+    params = [x, layer.lora_A['default'].weight, layer.lora_B['default'].weight]
+    traced, concat_calls = CL.lora_linear_compiled, []
+
+    def counted(*args):
+        concat_calls.append(1)
+        return traced(*args)
+
+    kept = CL.AUTOGRAD_FUNCTIONS_RECOMPUTED, CL.lora_linear_compiled
+    CL.AUTOGRAD_FUNCTIONS_RECOMPUTED, CL.lora_linear_compiled = True, counted
+    torch._dynamo.reset()
+    try:
+        results = []
+        for fn, fused in ((torch.compile(layer, fullgraph=True), True), (layer, False)):
+            layer.fused = fused
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                out = fn(x)
+            results.append((out, torch.autograd.grad(out.float().square().mean(), params)))
+    finally:
+        CL.AUTOGRAD_FUNCTIONS_RECOMPUTED, CL.lora_linear_compiled = kept
+        torch._dynamo.reset()
+    (out, got), (ref, want) = results
+    return dict(path='compiled_concat', bits=bits, autocast=autocast, features=features, rows=rows,
+                concat_calls=len(concat_calls), out=rel(out, ref), grad_x=rel(got[0], want[0]),
+                grad_A=rel(got[1], want[1]), grad_B=rel(got[2], want[2]))
+
+
+def run_compiled_dequant_case(bits: int, state_dtype, dtype: torch.dtype, features=(1024, 4096),
+                              device: str = 'cuda') -> dict:
+    """The weight as compiled code dequantizes it (torch ops inductor fuses) against eager: bitsandbytes' op for
+    4-bit (in the state's dtype, then cast), our multiply for 8-bit; ``differing`` counts values whose bits differ."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(*features)).to(device)
+    apply_lora(model, dict(r=16, targets=['0'], quantize_bits=bits, compute_dtype=state_dtype))
+    base = model[0].base_layer
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda: dequantize_weight(base, dtype), fullgraph=True)()
+    torch._dynamo.reset()
+    if bits == 4:
+        import bitsandbytes.functional as BF
+        want = BF.dequantize_4bit(base.weight.data, getattr(base.weight, 'quant_state', None) or base.quant_state)
+        want = want.to(dtype)
+    else:
+        want = dequantize_weight(base, dtype)
+    view = torch.int32 if dtype == torch.float32 else torch.int16  # compare bit patterns: -0.0 != 0.0
+    return dict(path='compiled_dequant', bits=bits, state_dtype=state_dtype, dtype=str(dtype), values=want.numel(),
+                differing=(compiled.view(view) != want.view(view)).sum().item())
+
+
 def run_switch_case(switch: str, name: str, autocast: bool, p: float, features=(1024, 4096), rows: int = 1576) -> dict:
     """The layer with ``LF.<switch>`` as it is, against the same layer with it returning None (the torch way)."""
     torch.manual_seed(0)
@@ -104,6 +168,14 @@ def run_switch_case(switch: str, name: str, autocast: bool, p: float, features=(
 
 
 if __name__ == '__main__':
+    for bits in (4, 8):
+        for state_dtype in (None, 'bf16'):
+            for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                print(json.dumps(run_compiled_dequant_case(bits, state_dtype, dtype)), flush=True)
+    for features in ((1024, 4096), (4096, 1024)):
+        for bits in (None, 4, 8):
+            for autocast in (False, True):
+                print(json.dumps(run_compiled_case(bits, autocast, features)), flush=True)
     plain_max_rows = LF.PLAIN_MAX_ROWS
     LF.PLAIN_MAX_ROWS = 0  # the fused function, whatever the number of rows
     for name in ('layernorm', 'gelu'):
