@@ -22,6 +22,7 @@ from opentad_lora.peft import apply_lora  # noqa: E402
 from opentad_lora.peft import compiled_lora as CL  # noqa: E402
 from opentad_lora.peft import functional as LF  # noqa: E402
 from opentad_lora.peft.quant import dequantize_weight  # noqa: E402
+from routing import routed  # noqa: E402  (this folder, on sys.path when run as a script)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -98,18 +99,18 @@ def run_compiled_case(bits, autocast: bool, features=(1024, 4096), rows: int = 8
         concat_calls.append(1)
         return traced(*args)
 
-    kept = CL.AUTOGRAD_FUNCTIONS_RECOMPUTED, CL.lora_linear_compiled
-    CL.AUTOGRAD_FUNCTIONS_RECOMPUTED, CL.lora_linear_compiled = True, counted
+    CL.lora_linear_compiled = counted
     torch._dynamo.reset()
     try:
         results = []
-        for fn, fused in ((torch.compile(layer, fullgraph=True), True), (layer, False)):
-            layer.fused = fused
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                out = fn(x)
-            results.append((out, torch.autograd.grad(out.float().square().mean(), params)))
+        with routed('compile_concatcompiled'):
+            for fn, fused in ((torch.compile(layer, fullgraph=True), True), (layer, False)):
+                layer.fused = fused
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                    out = fn(x)
+                results.append((out, torch.autograd.grad(out.float().square().mean(), params)))
     finally:
-        CL.AUTOGRAD_FUNCTIONS_RECOMPUTED, CL.lora_linear_compiled = kept
+        CL.lora_linear_compiled = traced
         torch._dynamo.reset()
     (out, got), (ref, want) = results
     return dict(path='compiled_concat', bits=bits, autocast=autocast, features=features, rows=rows,
